@@ -1,0 +1,116 @@
+"""Typed training configuration that round-trips to JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .model.forest import SIMILARITIES, TREES
+
+
+class UserError(Exception):
+    """Bad input from the user: the CLI prints it on one line and exits with status 2."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (with the data, it fixes the result)."""
+
+    levels: list[int] = field(default_factory=lambda: [8, 24, 72])  # features per level, increasing
+    l0: list[float] = field(default_factory=lambda: [3.0])  # target L0 per level (one value: all levels)
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 1024  # activations per step
+    lr: float = 1e-3  # Adam peak learning rate
+    warmup: float = 0.1  # fraction of steps of linear LR warm-up, then cosine decay to 0
+    rho: float = 0.01  # structural constraint weight
+    swap: float = 0.05  # per-step probability that a parent is swapped for its children
+    update_every: int = 5000  # steps between hierarchy updates (capped at 10% of steps)
+    similarity: str = "encoder"  # encoder | decoder | coactivation
+    tree: str = "partial"  # partial | full | binary | fixed
+    orphan_quantile: float = 0.2  # partial tree: bottom fraction of children left without parent
+    baseline: bool = False  # post-hoc baseline: independent levels, forest assigned once at the end
+    seed: int = 0
+    bandwidth: float = 0.05  # JumpReLU pseudo-derivative (rectangle kernel) width
+    threshold_init: float = 0.5  # initial JumpReLU threshold (inputs have E||x|| = sqrt(d))
+    lambda_init: float = 1e-3  # initial sparsity weight per level
+    lambda_gain: float = 0.01  # controller: max relative change of lambda per step
+    l0_ema: float = 0.999  # controller: momentum of the L0 moving average
+    l0_rate: float = 0.001  # controller: desired dL0/step = -l0_rate * (L0 - target)
+    dead_steps: int = 1000  # a feature silent this many steps (capped at 10% of steps) gets ghost grads
+    holdout: float = 0.05  # fraction of the store (its tail) kept for evaluation
+    checkpoint_every: int = 500  # steps between checkpoints (also written on SIGINT/SIGTERM)
+    log_every: int = 10  # steps between training-log lines
+    d: int = 0  # input dimension (0: taken from the data; a mismatch is an error)
+    acts: str = ""  # the activation store trained on (set by `hsae train`)
+
+    def __post_init__(self):
+        if len(self.l0) == 1:
+            self.l0 = [float(self.l0[0])] * len(self.levels)
+
+    def validate(self) -> "TrainConfig":
+        """Raise UserError with a one-line reason if the configuration cannot train."""
+        lv = self.levels
+        if not lv or any(n < 1 for n in lv):
+            raise UserError(f"levels must be positive integers, got {lv}")
+        if any(b <= a for a, b in zip(lv, lv[1:])):
+            raise UserError(f"levels must be strictly increasing, got {','.join(map(str, lv))}")
+        if len(self.l0) != len(lv):
+            raise UserError(f"--l0 needs 1 or {len(lv)} values, got {len(self.l0)}")
+        for n, t in zip(lv, self.l0):
+            if not (0 < t < n) or not math.isfinite(t):
+                raise UserError(f"target L0 {t:g} must be > 0 and below its level size {n}")
+        if self.similarity not in SIMILARITIES:
+            raise UserError(f"--similarity must be one of {', '.join(SIMILARITIES)}")
+        if self.tree not in TREES:
+            raise UserError(f"--tree must be one of {', '.join(TREES)}")
+        checks = [
+            (self.steps > 0, "--steps must be positive"),
+            (self.batch_size > 0, "--batch-size must be positive"),
+            (self.lr > 0, "--lr must be positive"),
+            (0 <= self.warmup < 1, "--warmup must be in [0, 1)"),
+            (self.rho >= 0, "--rho must be >= 0"),
+            (0 <= self.swap <= 1, "--swap must be in [0, 1]"),
+            (self.update_every > 0, "--update-every must be positive"),
+            (0 <= self.orphan_quantile < 1, "--orphan-quantile must be in [0, 1)"),
+            (0 < self.holdout < 1, "--holdout must be in (0, 1)"),
+            (self.bandwidth > 0 and self.threshold_init > 0 and self.lambda_init > 0, "bandwidth, threshold_init and lambda_init must be positive"),
+            (self.checkpoint_every > 0 and self.log_every > 0, "--checkpoint-every and --log-every must be positive"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(msg)
+        return self
+
+    @property
+    def update_period(self) -> int:
+        """Steps between hierarchy updates: update_every, but the first falls within 10% of the run."""
+        return max(1, min(self.update_every, self.steps // 10))
+
+    @property
+    def dead_period(self) -> int:
+        """Silent steps after which a feature counts as dead."""
+        return max(1, min(self.dead_steps, self.steps // 10))
+
+    def to_json(self) -> str:
+        """JSON text of every field."""
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a dict, rejecting unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        """Read a config.json."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise UserError(f"cannot read config {path}: {e}") from None

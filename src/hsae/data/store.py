@@ -1,0 +1,196 @@
+"""Activation stores: a directory of safetensors shards with a manifest, or one matrix file.
+
+Store layout (written by `hsae synth`, and by the real collector):
+  manifest.json          {"format": "hsae-store", "version": 1, "d", "dtype", "rows", "scale",
+                          "shards": [{"file", "rows", "sha256"}], "finite_checked", "source", ...}
+  shard_00000.safetensors  "acts" [rows, d] (+ optional per-row metadata tensors)
+  truth.safetensors      optional ground truth (synthetic stores)
+`scale` makes E||scale * x|| = sqrt(d) (PAPER.md section 4); readers apply it, the shards
+hold raw activations. Shards are memory-mapped: nothing reads the whole store into RAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from ..config import UserError
+
+MANIFEST = "manifest.json"
+SCALE_ROWS = 65536  # rows used to estimate the normalisation scale, from the start of the data
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old content or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def estimate_scale(x: np.ndarray) -> float:
+    """The constant c with mean ||c x|| = sqrt(d) over the rows of x."""
+    norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    mean = float(norms.mean()) if len(norms) else 0.0
+    if not math.isfinite(mean) or mean <= 0:
+        raise UserError("cannot normalise: the first rows of the data have zero or non-finite norm")
+    return math.sqrt(x.shape[1]) / mean
+
+
+class Store:
+    """Read-only access to [rows, d] activations, from a store directory or a .npy/.safetensors file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._files: list = []  # per shard: a memory-mapped array or an open safetensors handle
+        self._key: str = "acts"
+        if self.path.is_dir():
+            self._open_dir()
+        elif self.path.suffix == ".npy" and self.path.is_file():
+            arr = np.load(self.path, mmap_mode="r")
+            self._set_single(arr.shape, arr.dtype, arr)
+        elif self.path.suffix == ".safetensors" and self.path.is_file():
+            self._open_safetensors_file()
+        else:
+            raise UserError(f"{path}: not an activation store directory, .npy or .safetensors file")
+        self.offsets = np.concatenate([[0], np.cumsum(self.shard_rows)]).astype(np.int64)
+        if self.scale is None:
+            self.scale = estimate_scale(self.read(0, min(self.rows, SCALE_ROWS)))
+
+    def _open_dir(self):
+        mpath = self.path / MANIFEST
+        if not mpath.is_file():
+            raise UserError(f"{self.path}: no {MANIFEST}; not an activation store")
+        try:
+            self.meta = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{mpath}: unreadable manifest ({e})") from None
+        self.d = int(self.meta["d"])
+        self.scale = float(self.meta["scale"])
+        self.shard_rows = [int(s["rows"]) for s in self.meta["shards"]]
+        self.rows = sum(self.shard_rows)
+        for s in self.meta["shards"]:
+            f = self.path / s["file"]
+            try:
+                h = safe_open(str(f), framework="np")
+                shape = h.get_slice("acts").get_shape()
+            except Exception as e:  # safetensors raises several types for truncated files
+                raise UserError(f"shard {f} is missing or corrupt ({e}); re-create the store") from None
+            if list(shape) != [int(s["rows"]), self.d]:
+                raise UserError(f"shard {f} holds {shape}, manifest says [{s['rows']}, {self.d}]")
+            self._files.append(h)
+
+    def _open_safetensors_file(self):
+        h = safe_open(str(self.path), framework="np")
+        keys = list(h.keys())
+        if len(keys) != 1 and "acts" not in keys:
+            raise UserError(f"{self.path}: expected one [N, d] tensor (or one named 'acts'), found {keys}")
+        self._key = "acts" if "acts" in keys else keys[0]
+        sl = h.get_slice(self._key)
+        self._set_single(tuple(sl.get_shape()), sl.get_dtype(), h)
+
+    def _set_single(self, shape, dtype, handle):
+        if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+            raise UserError(f"{self.path}: expected a 2-D [N, d] matrix, got shape {list(shape)}")
+        if not str(dtype).lower().startswith(("float", "f", "bf")):
+            raise UserError(f"{self.path}: expected floating-point activations, got {dtype}")
+        self.meta = {"source": {"kind": "file", "path": str(self.path)}, "finite_checked": False}
+        self.d, self.rows, self.scale = int(shape[1]), int(shape[0]), None
+        self.shard_rows = [self.rows]
+        self._files = [handle]
+
+    @property
+    def truth_path(self) -> Path | None:
+        """Ground-truth file of a synthetic store, if any."""
+        t = self.meta.get("truth")
+        return self.path / t if t else None
+
+    def _read_shard(self, i: int, a: int, b: int) -> np.ndarray:
+        f = self._files[i]
+        if isinstance(f, np.ndarray):
+            return np.asarray(f[a:b])
+        return f.get_slice(self._key)[a:b]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Raw (unscaled) rows [start, stop) as float32, across shards."""
+        out = []
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        while start < stop:
+            end = min(stop, int(self.offsets[i + 1]))
+            out.append(self._read_shard(i, start - int(self.offsets[i]), end - int(self.offsets[i])))
+            start, i = end, i + 1
+        if not out:
+            return np.zeros((0, self.d), np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def batch(self, start: int, stop: int) -> torch.Tensor:
+        """Normalised rows [start, stop) as a float32 tensor."""
+        return torch.from_numpy(self.read(start, stop)).mul_(self.scale)
+
+    def split(self, holdout: float) -> tuple[range, range]:
+        """(train rows, held-out rows): the held-out rows are the store's tail."""
+        n_eval = max(1, int(round(self.rows * holdout)))
+        if n_eval >= self.rows:
+            raise UserError(f"{self.path}: {self.rows} rows are too few to hold out {holdout:g} of them")
+        return range(0, self.rows - n_eval), range(self.rows - n_eval, self.rows)
+
+    def count_nonfinite(self, chunk: int = 65536) -> int:
+        """Number of rows containing NaN or Inf (skipped if the writer already checked)."""
+        if self.meta.get("finite_checked"):
+            return 0
+        bad = 0
+        for a in range(0, self.rows, chunk):
+            bad += int((~np.isfinite(self.read(a, min(self.rows, a + chunk)))).any(1).sum())
+        return bad
+
+
+class StoreWriter:
+    """Writes a store directory shard by shard; the manifest is written last, atomically."""
+
+    def __init__(self, path: str | Path, d: int, dtype: str = "float32", meta: dict | None = None):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.d, self.dtype = d, np.dtype(dtype)
+        self.meta = dict(meta or {})
+        self.shards: list[dict] = []
+        self._scale_rows: list[np.ndarray] = []
+
+    def write(self, acts: np.ndarray, **extra: np.ndarray) -> None:
+        """Write one shard of activations [rows, d] (plus per-row metadata arrays)."""
+        if acts.ndim != 2 or acts.shape[1] != self.d:
+            raise ValueError(f"expected [rows, {self.d}] activations, got {acts.shape}")
+        if not np.isfinite(acts).all():
+            raise ValueError("refusing to write NaN/Inf activations: drop those rows first")
+        name = f"shard_{len(self.shards):05d}.safetensors"
+        tensors = {"acts": np.ascontiguousarray(acts, dtype=self.dtype), **{k: np.ascontiguousarray(v) for k, v in extra.items()}}
+        tmp = self.path / (name + ".tmp")
+        save_file(tensors, str(tmp))
+        data = tmp.read_bytes()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / name)
+        self.shards.append({"file": name, "rows": int(acts.shape[0]), "sha256": hashlib.sha256(data).hexdigest()})
+        have = sum(len(r) for r in self._scale_rows)
+        if have < SCALE_ROWS:
+            self._scale_rows.append(tensors["acts"][: SCALE_ROWS - have].astype(np.float32))
+
+    def finish(self, **meta) -> dict:
+        """Write manifest.json (with the normalisation scale from the first rows) and return it."""
+        manifest = {
+            "format": "hsae-store", "version": 1, "d": self.d, "dtype": self.dtype.name,
+            "rows": sum(s["rows"] for s in self.shards),
+            "scale": estimate_scale(np.concatenate(self._scale_rows)),
+            "finite_checked": True, "shards": self.shards, **self.meta, **meta,
+        }
+        atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+        return manifest

@@ -1,0 +1,29 @@
+"""Evaluation: per-level and hierarchy metrics, tree recovery against ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import UserError
+from ..data.store import Store
+from ..data.synth import load_truth
+from ..rundir import load_run
+from .metrics import evaluate
+from .recovery import tree_recovery
+
+__all__ = ["evaluate", "tree_recovery", "evaluate_run"]
+
+
+def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: int = 4096) -> dict:
+    """Metrics of a finished run on the held-out rows of its store (plus tree recovery if known)."""
+    cfg, model, _ = load_run(run)
+    acts = acts or cfg.acts
+    store = Store(acts)
+    if store.d != model.d:
+        raise UserError(f"model has d={model.d} but {acts} has d={store.d}")
+    _, rows = store.split(cfg.holdout)
+    batches = (store.batch(a, min(rows.stop, a + batch_size)) for a in range(rows.start, rows.stop, batch_size))
+    out = {"run": str(run), "acts": str(acts), "baseline": cfg.baseline, **evaluate(model, batches)}
+    if store.truth_path is not None and store.truth_path.is_file():
+        out["tree_recovery"] = tree_recovery(model, load_truth(store.truth_path))
+    return out

@@ -1,0 +1,58 @@
+"""JumpReLU and its step function with straight-through pseudo-derivatives.
+
+Rajamanoharan et al. 2024: the forward pass is exact; the backward pass replaces the
+zero/undefined derivative w.r.t. the threshold by a kernel estimate. We use the
+rectangle kernel K(u) = 1[|u| < 1/2] with bandwidth eps (see `HSAEConfig.bandwidth`):
+
+  jumprelu(h, t) = h * 1[h > t]    d/dh = 1[h > t]    d/dt = -(t / eps) K((h - t) / eps)
+  step(h, t)     = 1[h > t]        d/dh = 0           d/dt = -(1 / eps) K((h - t) / eps)
+
+d step / dh is zero so that the L0 penalty moves only thresholds, never the encoder.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _kernel(h: torch.Tensor, t: torch.Tensor, eps: float) -> torch.Tensor:
+    return ((h - t).abs() < eps / 2).to(h.dtype) / eps
+
+
+class _JumpReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, t, eps):
+        ctx.save_for_backward(h, t)
+        ctx.eps = eps
+        return h * (h > t)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, t = ctx.saved_tensors
+        gh = g * (h > t)
+        gt = -(g * t * _kernel(h, t, ctx.eps)).sum(0)
+        return gh, gt, None
+
+
+class _Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, t, eps):
+        ctx.save_for_backward(h, t)
+        ctx.eps = eps
+        return (h > t).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, t = ctx.saved_tensors
+        gt = -(g * _kernel(h, t, ctx.eps)).sum(0)
+        return None, gt, None
+
+
+def jumprelu(h: torch.Tensor, threshold: torch.Tensor, eps: float) -> torch.Tensor:
+    """JumpReLU of pre-activations h [B, n] with per-feature thresholds [n]."""
+    return _JumpReLU.apply(h, threshold, eps)
+
+
+def step(h: torch.Tensor, threshold: torch.Tensor, eps: float) -> torch.Tensor:
+    """Heaviside 1[h > threshold] [B, n], differentiable w.r.t. the threshold only."""
+    return _Step.apply(h, threshold, eps)

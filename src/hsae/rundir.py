@@ -1,0 +1,78 @@
+"""A run directory: config.json, model.safetensors, train_log.jsonl, checkpoint.pt.
+
+model.safetensors keys: levels.{l}.W_enc [d, n], levels.{l}.b_enc [n], levels.{l}.W_dec [n, d],
+levels.{l}.b_dec [d], levels.{l}.threshold [n], levels.{l}.parent [n] (int64, l >= 1).
+Its metadata records the data's normalisation scale: the model works on scale * x.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import TrainConfig, UserError
+from .model import HSAE
+
+CONFIG, MODEL, LOG, CHECKPOINT = "config.json", "model.safetensors", "train_log.jsonl", "checkpoint.pt"
+
+
+def model_tensors(model: HSAE) -> dict[str, torch.Tensor]:
+    """The model as the flat dict stored in model.safetensors."""
+    out = {}
+    for l, lv in enumerate(model.levels):
+        out[f"levels.{l}.W_enc"] = lv.W_enc.detach()
+        out[f"levels.{l}.b_enc"] = lv.b_enc.detach()
+        out[f"levels.{l}.W_dec"] = lv.W_dec.detach()
+        out[f"levels.{l}.b_dec"] = lv.b_dec.detach()
+        out[f"levels.{l}.threshold"] = lv.threshold.detach()
+        if l:
+            out[f"levels.{l}.parent"] = model.parent(l)
+    return {k: v.contiguous().cpu() for k, v in out.items()}
+
+
+def save_model(model: HSAE, path: str | Path, scale: float) -> None:
+    """Write model.safetensors atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(model_tensors(model), str(tmp), metadata={"scale": repr(scale), "d": str(model.d)})
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_model(path: str | Path) -> tuple[HSAE, float]:
+    """(model, normalisation scale) from a model.safetensors file."""
+    from safetensors import safe_open
+
+    t = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        scale = float((f.metadata() or {}).get("scale", 1.0))
+    L = sum(1 for k in t if k.endswith(".W_dec"))
+    sizes = [t[f"levels.{l}.W_dec"].shape[0] for l in range(L)]
+    model = HSAE(t["levels.0.W_dec"].shape[1], sizes)
+    with torch.no_grad():
+        for l, lv in enumerate(model.levels):
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+                getattr(lv, name).copy_(t[f"levels.{l}.{name}"])
+            lv.log_threshold.copy_(t[f"levels.{l}.threshold"].log())
+            if l:
+                model.set_parent(l, t[f"levels.{l}.parent"])
+    return model, scale
+
+
+def load_run(run: str | Path) -> tuple[TrainConfig, HSAE, float]:
+    """(config, trained model, scale) of a finished run directory."""
+    run = Path(run)
+    if not (run / MODEL).is_file():
+        raise UserError(f"{run}: no {MODEL}; is the run finished? (rerun `hsae train` with --out {run} to resume)")
+    return (TrainConfig.load(run / CONFIG), *load_model(run / MODEL))
+
+
+def read_log(run: str | Path) -> list[dict]:
+    """The training log's records."""
+    p = Path(run) / LOG
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
