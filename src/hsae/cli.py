@@ -71,7 +71,6 @@ def cmd_train(a) -> int:
             setattr(cfg, name, v)
     if a.baseline:
         cfg.baseline = True
-    cfg.__post_init__()  # expand a single --l0 value to every level
     return train(cfg, a.acts, a.out, progress=not a.quiet)
 
 

@@ -23,7 +23,7 @@ class TrainConfig:
     l0: list[float] = field(default_factory=lambda: [3.0])  # target L0 per level (one value: all levels)
     steps: int = 3000  # optimiser steps
     batch_size: int = 1024  # activations per step
-    lr: float = 1e-3  # Adam peak learning rate
+    lr: float = 5e-3  # Adam peak learning rate
     warmup: float = 0.1  # fraction of steps of linear LR warm-up, then cosine decay to 0
     rho: float = 0.01  # structural constraint weight
     swap: float = 0.05  # per-step probability that a parent is swapped for its children
@@ -33,22 +33,24 @@ class TrainConfig:
     orphan_quantile: float = 0.2  # partial tree: bottom fraction of children left without parent
     baseline: bool = False  # post-hoc baseline: independent levels, forest assigned once at the end
     seed: int = 0
-    bandwidth: float = 0.05  # JumpReLU pseudo-derivative (rectangle kernel) width
+    bandwidth: float = 0.2  # JumpReLU pseudo-derivative (rectangle kernel) width, in normalised units
     threshold_init: float = 0.5  # initial JumpReLU threshold (inputs have E||x|| = sqrt(d))
     lambda_init: float = 1e-3  # initial sparsity weight per level
     lambda_gain: float = 0.01  # controller: max relative change of lambda per step
     l0_ema: float = 0.999  # controller: momentum of the L0 moving average
     l0_rate: float = 0.001  # controller: desired dL0/step = -l0_rate * (L0 - target)
-    dead_steps: int = 1000  # a feature silent this many steps (capped at 10% of steps) gets ghost grads
+    dead_steps: int = 1000  # window (capped at 10% of steps) over which firing is counted for ghost grads
+    dead_fraction: float = 1e-3  # dead: fired < this fraction of its level's mean rate (L0/n) in a window
     holdout: float = 0.05  # fraction of the store (its tail) kept for evaluation
     checkpoint_every: int = 500  # steps between checkpoints (also written on SIGINT/SIGTERM)
     log_every: int = 10  # steps between training-log lines
     d: int = 0  # input dimension (0: taken from the data; a mismatch is an error)
     acts: str = ""  # the activation store trained on (set by `hsae train`)
 
-    def __post_init__(self):
-        if len(self.l0) == 1:
-            self.l0 = [float(self.l0[0])] * len(self.levels)
+    @property
+    def l0_targets(self) -> list[float]:
+        """Target L0 of every level (a single --l0 value applies to all)."""
+        return [float(self.l0[0])] * len(self.levels) if len(self.l0) == 1 else [float(v) for v in self.l0]
 
     def validate(self) -> "TrainConfig":
         """Raise UserError with a one-line reason if the configuration cannot train."""
@@ -57,9 +59,9 @@ class TrainConfig:
             raise UserError(f"levels must be positive integers, got {lv}")
         if any(b <= a for a, b in zip(lv, lv[1:])):
             raise UserError(f"levels must be strictly increasing, got {','.join(map(str, lv))}")
-        if len(self.l0) != len(lv):
+        if len(self.l0) not in (1, len(lv)):
             raise UserError(f"--l0 needs 1 or {len(lv)} values, got {len(self.l0)}")
-        for n, t in zip(lv, self.l0):
+        for n, t in zip(lv, self.l0_targets):
             if not (0 < t < n) or not math.isfinite(t):
                 raise UserError(f"target L0 {t:g} must be > 0 and below its level size {n}")
         if self.similarity not in SIMILARITIES:
@@ -78,6 +80,7 @@ class TrainConfig:
             (0 < self.holdout < 1, "--holdout must be in (0, 1)"),
             (self.bandwidth > 0 and self.threshold_init > 0 and self.lambda_init > 0, "bandwidth, threshold_init and lambda_init must be positive"),
             (self.checkpoint_every > 0 and self.log_every > 0, "--checkpoint-every and --log-every must be positive"),
+            (self.dead_steps > 0 and self.dead_fraction >= 0, "dead_steps must be positive, dead_fraction >= 0"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -39,8 +39,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def estimate_scale(x: np.ndarray) -> float:
-    """The constant c with mean ||c x|| = sqrt(d) over the rows of x."""
+    """The constant c with mean ||c x|| = sqrt(d) over the finite rows of x."""
     norms = np.linalg.norm(x.astype(np.float64), axis=1)
+    norms = norms[np.isfinite(norms)]  # bad rows are counted and refused later, not here
     mean = float(norms.mean()) if len(norms) else 0.0
     if not math.isfinite(mean) or mean <= 0:
         raise UserError("cannot normalise: the first rows of the data have zero or non-finite norm")

@@ -34,8 +34,11 @@ class Trainer:
         self.stream = BatchStream(store, self.train_rows, cfg.batch_size, cfg.seed)
         self.model = HSAE(store.d, cfg.levels, cfg.threshold_init, seed=cfg.seed)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.0, 0.995))
-        self.ctrl = L0Controller(cfg.l0, cfg.lambda_init, cfg.lambda_gain, cfg.l0_ema, cfg.l0_rate)
-        self.silent = [torch.zeros(n, dtype=torch.long) for n in cfg.levels]  # steps since last fired
+        self.ctrl = L0Controller(cfg.l0_targets, cfg.lambda_init, cfg.lambda_gain, cfg.l0_ema, cfg.l0_rate)
+        # Firing counts over the current window of dead_period steps, and the dead mask from
+        # the last complete window (features that fired far less than their level's average).
+        self.fires = [torch.zeros(n, dtype=torch.long) for n in cfg.levels]
+        self.dead = [torch.zeros(n, dtype=torch.bool) for n in cfg.levels]
         self.coact = ([CoActivation(a, b) for a, b in zip(cfg.levels, cfg.levels[1:])]
                       if cfg.similarity == "coactivation" else None)
         self.step = 0
@@ -47,7 +50,7 @@ class Trainer:
         """Everything needed to continue exactly where this step left off."""
         return {
             "step": self.step, "assigned": self.assigned, "model": self.model.state_dict(),
-            "opt": self.opt.state_dict(), "ctrl": self.ctrl.state_dict(), "silent": self.silent,
+            "opt": self.opt.state_dict(), "ctrl": self.ctrl.state_dict(), "fires": self.fires, "dead": self.dead,
             "coact": [c.state_dict() for c in self.coact] if self.coact else None,
         }
 
@@ -57,7 +60,7 @@ class Trainer:
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["opt"])
         self.ctrl.load_state_dict(s["ctrl"])
-        self.silent = s["silent"]
+        self.fires, self.dead = s["fires"], s["dead"]
         if self.coact:
             for c, cs in zip(self.coact, s["coact"]):
                 c.load_state_dict(cs)
@@ -81,10 +84,13 @@ class Trainer:
                 atomic_write(log, "".join(ln + "\n" for ln in keep).encode())
         else:
             (self.out / LOG).unlink(missing_ok=True)
-            with torch.no_grad():  # start the decoder bias at the data mean
-                mean = self.stream.batch(0).mean(0)
-                for lv in self.model.levels:
-                    lv.b_dec.copy_(mean)
+            self._data_init(self.stream.batch(0))
+
+    @torch.no_grad()
+    def _data_init(self, x: torch.Tensor) -> None:
+        """Start every decoder bias at the data mean (of the first batch)."""
+        for lv in self.model.levels:
+            lv.b_dec.copy_(x.mean(0))
 
     # ---- one step ----------------------------------------------------------------------
     def _swap_masks(self) -> list[torch.Tensor | None]:
@@ -101,7 +107,7 @@ class Trainer:
         for grp in self.opt.param_groups:
             grp["lr"] = lr
         x = self.stream.batch(self.step)
-        dead = [s >= cfg.dead_period for s in self.silent]
+        dead = self.dead
         rho = 0.0 if cfg.baseline else cfg.rho
         out = hsae_loss(m, x, self.ctrl.lambdas, rho, self._swap_masks(), dead, cfg.bandwidth)
         self.opt.zero_grad(set_to_none=True)
@@ -111,8 +117,9 @@ class Trainer:
         m.normalize_decoder()
 
         for l, act in enumerate(out.active):
-            fired = act.any(0)
-            self.silent[l] = torch.where(fired, 0, self.silent[l] + 1)
+            self.fires[l] += act.sum(0)
+        if (self.step + 1) % cfg.dead_period == 0:
+            self._update_dead()
         if self.coact:
             for c, a, b in zip(self.coact, out.active, out.active[1:]):
                 c.update(a, b)
@@ -124,6 +131,14 @@ class Trainer:
         return {"step": self.step - 1, "lr": lr, "loss": out.loss.item(), "mse": out.mse, "l0": out.l0,
                 "lambda": lambdas, "constraint": out.constraint, "ghost": out.ghost,
                 "dead": [int(d.sum()) for d in dead]}
+
+    def _update_dead(self) -> None:
+        """Close a window: features that fired < dead_fraction of their level's mean rate are dead."""
+        cfg = self.cfg
+        for l, (n, t) in enumerate(zip(cfg.levels, cfg.l0_targets)):
+            expected = t / n * cfg.dead_period * cfg.batch_size
+            self.dead[l] = self.fires[l] < max(1.0, cfg.dead_fraction * expected)
+            self.fires[l].zero_()
 
     def assign(self) -> None:
         """Hierarchy update with the configured similarity and tree shape."""

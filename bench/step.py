@@ -1,0 +1,143 @@
+"""Seconds per training step: HSAE vs the same levels trained independently vs the naive dense loss.
+
+Prints one JSON object. Each configuration runs in its own subprocess so that its peak RSS
+is its own. A step is the trainer's own `train_step` (batch, loss, backward, Adam, decoder
+renormalisation, statistics) with the forest assigned and every level's thresholds set so
+that L0 is about `--l0` (as in a trained model: the constraint's cost grows with L0).
+
+  python bench/step.py                 # small + paper dims + dense comparison (~10 min on 2 cores)
+  python bench/step.py --only small    # one configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+CONFIGS = {
+    "small": {"d": 64, "levels": [8, 24, 72], "l0": 3, "batch": 1024, "steps": 30},
+    "paper": {"d": 2304, "levels": [2048, 4096, 8192, 16384], "l0": 50, "batch": 1024, "steps": 4},
+    "dense_cmp": {"d": 256, "levels": [256, 512, 1024, 2048], "l0": 20, "batch": 1024, "steps": 3},
+}
+
+
+def _trainer(tmp: Path, c: dict, mode: str):
+    from hsae.config import TrainConfig
+    from hsae.data.store import Store
+    from hsae.train.trainer import Trainer
+
+    rows = c["batch"] * 4
+    np.save(tmp / "x.npy", np.random.default_rng(0).standard_normal((rows, c["d"]), dtype=np.float32))
+    cfg = TrainConfig(levels=c["levels"], l0=[float(c["l0"])], steps=10**6, batch_size=c["batch"], lr=1e-6,
+                      baseline=(mode == "independent"), holdout=0.2, tree="partial")
+    store = Store(tmp / "x.npy")
+    cfg.d = store.d
+    tr = Trainer(cfg, store, tmp / "run")
+    x = tr.stream.batch(0)
+    with torch.no_grad():  # thresholds at the quantile that gives L0 ~ target on this data
+        for lv in tr.model.levels:
+            lv.log_threshold.copy_(torch.quantile(lv.pre(x[:256]), 1 - c["l0"] / lv.n, dim=0).clamp_min(1e-3).log())
+    tr.assign()  # a real forest, so the constraint and the swap do their full work
+    tr.assigned = mode != "independent"
+    return tr, x
+
+
+def _time(fn, steps: int) -> float:
+    fn()  # warm-up (allocations, first-touch)
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def run_one(name: str, mode: str) -> dict:
+    """Time one (configuration, mode) in this process."""
+    c = CONFIGS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        tr, x = _trainer(Path(tmp), c, mode)
+        if mode == "dense":
+            from reference import dense_loss
+
+            def step():
+                tr.opt.zero_grad(set_to_none=True)
+                swap = tr._swap_masks()
+                dense_loss(tr.model, x, tr.ctrl.lambdas, tr.cfg.rho, swap, tr.cfg.bandwidth).backward()
+                tr.model.remove_parallel_grad()
+                tr.opt.step()
+                tr.model.normalize_decoder()
+        else:
+            step = tr.train_step
+        sec = _time(step, c["steps"])
+        l0 = [float((a > 0).float().sum(1).mean()) for a in tr.model.encode(x)]
+        out = {"seconds_per_step": sec, "l0": l0}
+        if mode == "hsae":
+            from hsae.model import update_forest
+
+            t0 = time.perf_counter()
+            update_forest(tr.model, "encoder", "partial", 0.2)
+            out["hierarchy_update_s"] = time.perf_counter() - t0
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return out
+
+
+def matmul_ceiling(c: dict, steps: int) -> float:
+    """Seconds for the step's dense products alone: per level 1 encoder + 1 decoder forward, 3 backward."""
+    B, d = c["batch"], c["d"]
+    x = torch.randn(B, d)
+    Ws = [(torch.randn(d, n), torch.randn(n, d), torch.randn(B, n)) for n in c["levels"]]
+
+    def mm():
+        for we, wd, a in Ws:
+            x @ we, a @ wd, x.t() @ a, a.t() @ x, x @ wd.t()
+
+    return _time(mm, steps)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=list(CONFIGS), help="run one configuration")
+    p.add_argument("--child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(run_one(*a.child)))
+        return
+
+    def sub(name, mode):
+        r = subprocess.run([sys.executable, __file__, "--child", name, mode], capture_output=True, text=True)
+        if r.returncode:
+            return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "configs": {}}
+    for name in [a.only] if a.only else list(CONFIGS):
+        c = CONFIGS[name]
+        modes = ["hsae", "independent"] + (["dense"] if name == "dense_cmp" else [])
+        r = {"config": c, **{m: sub(name, m) for m in modes}}
+        h, ind = r["hsae"], r["independent"]
+        if "error" not in h and "error" not in ind:
+            r["overhead_ratio"] = h["seconds_per_step"] / ind["seconds_per_step"]
+            r["matmul_ceiling_s"] = matmul_ceiling(c, c["steps"])
+            r["independent_vs_ceiling"] = r["matmul_ceiling_s"] / ind["seconds_per_step"]
+        if "dense" in r and "error" not in r["dense"] and "error" not in h:
+            r["speedup_vs_dense"] = r["dense"]["seconds_per_step"] / h["seconds_per_step"]
+        result["configs"][name] = r
+        print(f"# {name} done", file=sys.stderr, flush=True)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

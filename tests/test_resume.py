@@ -1,0 +1,70 @@
+"""A run killed at any point and resumed ends with the same weights as an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hsae.cli import main
+
+STEPS = 1500
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "synth"
+    assert main(["synth", "--out", str(out), "--d", "16", "--branching", "3,2", "--tokens", "20000", "--quiet"]) == 0
+    return out
+
+
+def _cmd(synth, out):
+    return [sys.executable, "-m", "hsae", "train", "--acts", str(synth), "--out", str(out), "--levels", "3,6",
+            "--l0", "1", "--steps", str(STEPS), "--batch-size", "128", "--checkpoint-every", "25",
+            "--update-every", "50", "--quiet"]
+
+
+def _stop_midway(cmd, out, sig):
+    p = subprocess.Popen(cmd)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        log = out / "train_log.jsonl"
+        if (out / "checkpoint.pt").exists() and log.exists() and len(log.read_text().splitlines()) > 40:
+            break
+        time.sleep(0.02)
+    p.send_signal(sig)
+    return p.wait()
+
+
+def _same_weights(a, b):
+    ta, tb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    subprocess.run(_cmd(synth, out), check=True)
+    return out
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGKILL, -9), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_killed_run_resumes_to_identical_weights(synth, reference, tmp_path, sig, code):
+    out = tmp_path / "run"
+    assert _stop_midway(_cmd(synth, out), out, sig) == code
+    assert not (out / "model.safetensors").exists()
+    steps_done = [json.loads(l)["step"] for l in (out / "train_log.jsonl").read_text().splitlines()]
+    assert 0 < max(steps_done) < STEPS - 1
+    subprocess.run(_cmd(synth, out), check=True)
+    _same_weights(reference, out)
+    # the log has each step once, as if never interrupted
+    ref_log = (reference / "train_log.jsonl").read_text().splitlines()
+    log = (out / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in log] == [json.loads(l)["step"] for l in ref_log]
