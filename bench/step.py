@@ -48,7 +48,7 @@ def _trainer(tmp: Path, c: dict, mode: str):
     x = tr.stream.batch(0)
     with torch.no_grad():  # thresholds at the quantile that gives L0 ~ target on this data
         for lv in tr.model.levels:
-            lv.log_threshold.copy_(torch.quantile(lv.pre(x[:256]), 1 - c["l0"] / lv.n, dim=0).clamp_min(1e-3).log())
+            lv.log_threshold.copy_(torch.quantile(lv.pre(x), 1 - c["l0"] / lv.n, dim=0).clamp_min(1e-3).log())
     tr.assign()  # a real forest, so the constraint and the swap do their full work
     tr.assigned = mode != "independent"
     return tr, x

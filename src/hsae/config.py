@@ -35,7 +35,7 @@ class TrainConfig:
     seed: int = 0
     bandwidth: float = 0.2  # JumpReLU pseudo-derivative (rectangle kernel) width, in normalised units
     threshold_init: float = 0.5  # initial JumpReLU threshold (inputs have E||x|| = sqrt(d))
-    lambda_init: float = 1e-3  # initial sparsity weight per level
+    lambda_init: float = 0.1  # initial sparsity weight per level
     lambda_gain: float = 0.01  # controller: max relative change of lambda per step
     l0_ema: float = 0.999  # controller: momentum of the L0 moving average
     l0_rate: float = 0.001  # controller: desired dL0/step = -l0_rate * (L0 - target)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
-# Entries per chunk times d stays under this many floats (~64 MB in fp32).
-_CHUNK_FLOATS = 1 << 24
+# Entries per chunk times d stays under this many floats (4 MB in fp32): temporaries this
+# small are recycled by the allocator, larger ones cost page faults on every step.
+_CHUNK_FLOATS = 1 << 20
 
 
 def _chunks(group: torch.Tensor, d: int):
@@ -57,19 +58,43 @@ class _SiblingCross(torch.autograd.Function):
         gv = torch.zeros_like(vals)
         gW = torch.zeros_like(W)
         for e0, e1, V, v, Wc, gi in _chunk_sums(vals, W, cols, group):
-            Vg = V[gi]
-            gv[e0:e1] = 2 * ((Vg * Wc).sum(1) - v * (Wc * Wc).sum(1))
-            gW.index_add_(0, cols[e0:e1], 2 * v[:, None] * (Vg - v[:, None] * Wc))
-        return gv * g, gW * g, None, None
+            Vg = V.index_select(0, gi)
+            gv[e0:e1] = (2 * g) * ((Vg * Wc).sum(1) - v * (Wc * Wc).sum(1))
+            gW.index_add_(0, cols[e0:e1], ((2 * g) * v)[:, None] * (Vg - v[:, None] * Wc))
+        return gv, gW, None, None
 
 
 def _chunk_sums(vals, W, cols, group):
     """Per chunk: (e0, e1, V [groups, d] sums, values, rows of W, local group index)."""
     for e0, e1 in _chunks(group, W.shape[1]):
-        v, Wc = vals[e0:e1], W[cols[e0:e1]]
+        v, Wc = vals[e0:e1], W.index_select(0, cols[e0:e1])
         gi = group[e0:e1] - group[e0]
         V = torch.zeros(int(gi[-1]) + 1, W.shape[1], dtype=W.dtype).index_add_(0, gi, v[:, None] * Wc)
         yield e0, e1, V, v, Wc, gi
+
+
+class _RowDot(torch.autograd.Function):
+    """s[k] = A[ia[k]] . B[ib[k]], in chunks, saving no gathered rows (they can be [n, d])."""
+
+    @staticmethod
+    def forward(ctx, A, B, ia, ib):
+        ctx.save_for_backward(A, B, ia, ib)
+        step = max(1, _CHUNK_FLOATS // A.shape[1])
+        out = A.new_empty(ia.numel())
+        for k in range(0, ia.numel(), step):
+            out[k:k + step] = (A.index_select(0, ia[k:k + step]) * B.index_select(0, ib[k:k + step])).sum(1)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        A, B, ia, ib = ctx.saved_tensors
+        gA, gB = torch.zeros_like(A), torch.zeros_like(B)
+        step = max(1, _CHUNK_FLOATS // A.shape[1])
+        for k in range(0, ia.numel(), step):
+            gk = g[k:k + step, None]
+            gA.index_add_(0, ia[k:k + step], gk * B.index_select(0, ib[k:k + step]))
+            gB.index_add_(0, ib[k:k + step], gk * A.index_select(0, ia[k:k + step]))
+        return gA, gB, None, None
 
 
 def constraint(
@@ -98,9 +123,10 @@ def constraint(
         return t1 / B
     par = parent[cols]
     vals = a_c[rows, cols]
-    pc = parent.clamp_min(0)
-    s = (W_p[pc] * W_c).sum(1)  # cosine of each child to its parent, [n_c]
-    t2 = (a_p[rows, par] * vals * s[cols]).sum()
+    # cosine of each child in this batch to its parent
+    uc, inv = torch.unique(cols, return_inverse=True)
+    s = _RowDot.apply(W_p, W_c, parent[uc], uc)[inv]
+    t2 = (a_p[rows, par] * vals * s).sum()
     t3 = vals.square().sum()
 
     # Group entries by (input, parent); only groups of two or more carry a cross term.

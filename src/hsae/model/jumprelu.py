@@ -56,3 +56,31 @@ def jumprelu(h: torch.Tensor, threshold: torch.Tensor, eps: float) -> torch.Tens
 def step(h: torch.Tensor, threshold: torch.Tensor, eps: float) -> torch.Tensor:
     """Heaviside 1[h > threshold] [B, n], differentiable w.r.t. the threshold only."""
     return _Step.apply(h, threshold, eps)
+
+
+class _JumpReLUL0(torch.autograd.Function):
+    """jumprelu and the batch-mean L0 in one pass, saving two bool masks instead of h."""
+
+    @staticmethod
+    def forward(ctx, h, t, eps):
+        active = h > t
+        near = (h > t - eps / 2) & (h < t + eps / 2)  # the rectangle kernel's support
+        ctx.save_for_backward(active, near, t)
+        ctx.eps, ctx.B = eps, h.shape[0]
+        ctx.near_count = near.sum(0, dtype=h.dtype)
+        support = active | near
+        ctx.mark_non_differentiable(support)
+        return h * active, active.sum(dtype=h.dtype) / h.shape[0], support
+
+    @staticmethod
+    def backward(ctx, ga, gl0, _):
+        active, near, t = ctx.saved_tensors
+        gt = -(t * (ga * near).sum(0) + gl0 * ctx.near_count / ctx.B) / ctx.eps
+        return ga * active, gt, None
+
+
+def jumprelu_l0(h: torch.Tensor, threshold: torch.Tensor, eps: float):
+    """(jumprelu(h), mean over the batch of step(h).sum(1), support) with the same gradients as
+    `jumprelu` and `step` used separately; support [B, n] bool marks where a is active or its
+    threshold gradient is nonzero."""
+    return _JumpReLUL0.apply(h, threshold, eps)

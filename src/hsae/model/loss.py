@@ -3,9 +3,10 @@
   loss = sum_l ||x~_l - x||^2 + lambda_l L0_l  +  rho sum_{l<L-1} constraint_l  (+ ghost grads)
 
 x~_l is level l's reconstruction with swapped parents replaced by their children:
-  x~_l = x_hat_l - A_l[:, S] W_l[S] + A_{l+1}[:, C(S)] W_{l+1}[C(S)]
-where S are the swapped parents (one mask per step, shared by the batch) and C(S) their
-children. Both corrections touch only ~r of the columns, so the swap costs ~r of a decode.
+  x~_l = (A_l * keep) W_l + A_{l+1}[:, C(S)] W_{l+1}[C(S)] + b_dec_l
+where S are the swapped parents (one mask per step, shared by the batch; keep = 0 on S) and
+C(S) their children. The second product touches only ~r of the columns, so the swap costs
+~r of a decode.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from .constraint import constraint
 from .hsae import HSAE
-from .jumprelu import jumprelu, step
+from .jumprelu import jumprelu_l0
 
 
 @dataclass
@@ -70,35 +71,37 @@ def hsae_loss(
     L = len(model.levels)
     swap = swap or [None] * L
     dead = dead or [None] * L
-    hs, acts, supports, x_hats = [], [], [], []
+    hs, acts, l0s_t, supports = [], [], [], []
     for lv in model.levels:
         h = lv.pre(x)
-        t = lv.threshold
-        a = jumprelu(h, t, bandwidth)
+        a, l0, support = jumprelu_l0(h, lv.threshold, bandwidth)
         hs.append(h)
         acts.append(a)
-        supports.append((h > t - bandwidth / 2).detach())
-        x_hats.append(lv.decode(a))
+        l0s_t.append(l0)
+        supports.append(support)
 
     total = x.new_zeros(())
     mses, l0s, cons, ghosts = [], [], [], []
     for l, lv in enumerate(model.levels):
-        x_t = x_hats[l]
-        if l < L - 1 and swap[l] is not None and bool(swap[l].any()):
-            C = swapped_children(model.parent(l + 1), swap[l])
-            # Parents without children are never swapped (PAPER.md section 3).
-            S = torch.zeros_like(swap[l])
-            S[model.parent(l + 1)[C]] = True
-            if bool(C.any()):
-                S, C = S.nonzero().squeeze(1), C.nonzero().squeeze(1)
-                x_t = x_t - acts[l][:, S] @ lv.W_dec[S] + acts[l + 1][:, C] @ model.levels[l + 1].W_dec[C]
+        C = None
+        if l < L - 1 and swap[l] is not None:
+            C = swapped_children(model.parent(l + 1), swap[l]).nonzero().squeeze(1)
+        if C is not None and C.numel():
+            # Swapped parents (only those with children, PAPER.md section 3) are masked out of
+            # their level's decode; their children's outputs are added in their place.
+            keep = torch.ones(lv.n, dtype=x.dtype)
+            keep[model.parent(l + 1)[C]] = 0
+            child = model.levels[l + 1]
+            x_t = lv.decode(acts[l] * keep) + acts[l + 1].index_select(1, C) @ child.W_dec.index_select(0, C)
+        else:
+            x_t = lv.decode(acts[l])
         mse = (x_t - x).square().sum(1).mean()
-        l0 = step(hs[l], lv.threshold, bandwidth).sum(1).mean()
+        l0 = l0s_t[l]
         total = total + mse + lambdas[l] * l0
         mses.append(mse.item())
         l0s.append(l0.item())
         if dead[l] is not None and bool(dead[l].any()):
-            g = ghost_loss(x, x_hats[l], hs[l], lv.W_dec, dead[l], mse)
+            g = ghost_loss(x, x_t, hs[l], lv.W_dec, dead[l], mse)
             total = total + g
             ghosts.append(g.item())
         else:
