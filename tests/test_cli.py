@@ -49,7 +49,7 @@ def test_d_mismatch_and_missing_data(tmp_path, capsys, synth):
     (tmp_path / "c.json").write_text(cfg.to_json())
     _fails(capsys, ["train", "--acts", str(synth), "--out", str(tmp_path / "r"), "--config", str(tmp_path / "c.json")],
            "d=32")
-    _fails(capsys, ["train", "--acts", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--levels", "3,6"],
+    _fails(capsys, ["train", "--acts", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--levels", "3,6", "--l0", "1"],
            "not an activation store")
     assert not (tmp_path / "r").exists()
 
