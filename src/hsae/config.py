@@ -70,6 +70,7 @@ class TrainConfig:
             raise UserError(f"--tree must be one of {', '.join(TREES)}")
         checks = [
             (self.steps > 0, "--steps must be positive"),
+            (0 <= self.seed < 2**31, "--seed must be in [0, 2^31)"),
             (self.batch_size > 0, "--batch-size must be positive"),
             (self.lr > 0, "--lr must be positive"),
             (0 <= self.warmup < 1, "--warmup must be in [0, 1)"),

@@ -107,7 +107,7 @@ class Trainer:
         for grp in self.opt.param_groups:
             grp["lr"] = lr
         x = self.stream.batch(self.step)
-        dead = self.dead
+        dead = list(self.dead)  # this step's masks; a window closing below replaces them
         rho = 0.0 if cfg.baseline else cfg.rho
         out = hsae_loss(m, x, self.ctrl.lambdas, rho, self._swap_masks(), dead, cfg.bandwidth)
         self.opt.zero_grad(set_to_none=True)
