@@ -41,6 +41,16 @@ def cmd_synth(a) -> int:
     return 0
 
 
+def cmd_collect(a) -> int:
+    """Collect one layer's activations from a local causal LM into a store."""
+    from .data.collect import collect
+
+    m = collect(a.model, a.layer, a.corpus, a.tokens, a.out, ctx=a.ctx, batch_size=a.batch_size, seed=a.seed,
+                dtype=a.dtype, shard_rows=a.shard_rows, progress=not a.quiet)
+    print(f"wrote {m['rows']} rows (d={m['d']}) to {a.out}; {m['dropped_nonfinite']} non-finite rows dropped")
+    return 0
+
+
 # CLI flags that map one-to-one onto TrainConfig fields: flag -> (field, type, help)
 TRAIN_FLAGS = {
     "--levels": ("levels", _ints, "features per level, strictly increasing (e.g. 8,24,72)"),
@@ -119,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_synth)
+
+    k = sub.add_parser("collect", help="collect residual-stream activations from a local Hugging Face model")
+    k.add_argument("--model", required=True, help="local model directory or a name in the local Hugging Face cache")
+    k.add_argument("--layer", type=int, required=True, help="block whose output (residual stream) is collected, from 0")
+    k.add_argument("--corpus", required=True, help=".txt/.md/.rst/.jsonl file or a directory of them")
+    k.add_argument("--tokens", type=int, default=1_000_000, help="activation rows to collect")
+    k.add_argument("--out", required=True, help="store directory (rerun to resume an unfinished one)")
+    k.add_argument("--ctx", type=int, default=128, help="tokens per context")
+    k.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass")
+    k.add_argument("--seed", type=int, default=0, help="document order seed")
+    k.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored activation dtype")
+    k.add_argument("--shard-rows", type=int, default=65536, help="about this many rows per shard")
+    k.add_argument("--quiet", action="store_true", help="no progress bar")
+    k.set_defaults(fn=cmd_collect)
 
     t = sub.add_parser("train", help="train an HSAE or the post-hoc baseline")
     t.add_argument("--acts", required=True, help="activation store directory, or one .npy/.safetensors [N, d] file")

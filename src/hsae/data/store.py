@@ -156,15 +156,26 @@ class Store:
 
 
 class StoreWriter:
-    """Writes a store directory shard by shard; the manifest is written last, atomically."""
+    """Writes a store directory shard by shard; the manifest is written last, atomically.
 
-    def __init__(self, path: str | Path, d: int, dtype: str = "float32", meta: dict | None = None):
+    Until then `progress.json` lists the complete shards, so a writer opened with
+    resume=True continues after the last one (a killed collection loses at most a shard).
+    """
+
+    PROGRESS = "progress.json"
+
+    def __init__(self, path: str | Path, d: int, dtype: str = "float32", meta: dict | None = None, resume: bool = False):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.d, self.dtype = d, np.dtype(dtype)
         self.meta = dict(meta or {})
         self.shards: list[dict] = []
-        self._scale_rows: list[np.ndarray] = []
+        prog = self.path / self.PROGRESS
+        if resume and prog.is_file():
+            saved = json.loads(prog.read_text())
+            if saved["meta"] != json.loads(json.dumps(self.meta)) or saved["d"] != d or saved["dtype"] != self.dtype.name:
+                raise UserError(f"{self.path} holds an unfinished store made with other settings; use another --out")
+            self.shards = saved["shards"]
 
     def write(self, acts: np.ndarray, **extra: np.ndarray) -> None:
         """Write one shard of activations [rows, d] (plus per-row metadata arrays)."""
@@ -181,17 +192,27 @@ class StoreWriter:
             os.fsync(f.fileno())
         os.replace(tmp, self.path / name)
         self.shards.append({"file": name, "rows": int(acts.shape[0]), "sha256": hashlib.sha256(data).hexdigest()})
-        have = sum(len(r) for r in self._scale_rows)
-        if have < SCALE_ROWS:
-            self._scale_rows.append(tensors["acts"][: SCALE_ROWS - have].astype(np.float32))
+        progress = {"d": self.d, "dtype": self.dtype.name, "meta": self.meta, "shards": self.shards}
+        atomic_write(self.path / self.PROGRESS, json.dumps(progress).encode())
+
+    def _first_rows(self) -> np.ndarray:
+        out, have = [], 0
+        for s in self.shards:
+            if have >= SCALE_ROWS:
+                break
+            x = safe_open(str(self.path / s["file"]), framework="np").get_slice("acts")[: min(s["rows"], SCALE_ROWS - have)]
+            out.append(x.astype(np.float32))
+            have += len(x)
+        return np.concatenate(out)
 
     def finish(self, **meta) -> dict:
         """Write manifest.json (with the normalisation scale from the first rows) and return it."""
         manifest = {
             "format": "hsae-store", "version": 1, "d": self.d, "dtype": self.dtype.name,
             "rows": sum(s["rows"] for s in self.shards),
-            "scale": estimate_scale(np.concatenate(self._scale_rows)),
+            "scale": estimate_scale(self._first_rows()),
             "finite_checked": True, "shards": self.shards, **self.meta, **meta,
         }
         atomic_write(self.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+        (self.path / self.PROGRESS).unlink(missing_ok=True)
         return manifest

@@ -1,0 +1,133 @@
+"""Collect one layer's residual-stream activations from a local Hugging Face causal LM.
+
+The forward pass stops at the hooked block (the layers above it never run). Position 0 of
+every context (BOS, an attention sink with a norm ~100x the others) is dropped. Each shard
+holds the rows of a fixed number of contexts, so a killed collection resumes after its last
+complete shard and ends identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import UserError
+from .corpus import pack, read_documents
+from .store import MANIFEST, StoreWriter
+
+
+class _Stop(Exception):
+    def __init__(self, hidden):
+        self.hidden = hidden
+
+
+def load_model(spec: str):
+    """(model, tokenizer) from a local directory or the local Hugging Face cache; never the hub."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {spec!r} offline: {str(e).splitlines()[0]}") from None
+    return model.eval(), tok
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's list of transformer blocks."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and name.split(".")[-1] in ("layers", "h", "blocks"):
+            return mod
+    raise UserError(f"cannot find the transformer blocks of {type(model).__name__}")
+
+
+@torch.inference_mode()
+def residual(model, layer: int, input_ids: torch.Tensor) -> torch.Tensor:
+    """Residual stream after block `layer`, [B, T, d], without running the blocks above it."""
+    block = decoder_layers(model)[layer]
+
+    def hook(_mod, _inp, out):
+        raise _Stop(out[0] if isinstance(out, tuple) else out)
+
+    h = block.register_forward_hook(hook)
+    try:
+        model(input_ids=input_ids, use_cache=False)
+    except _Stop as s:
+        return s.hidden
+    finally:
+        h.remove()
+    raise RuntimeError("the hooked block never ran")
+
+
+def collect(model: str, layer: int, corpus: str, tokens: int, out: str | Path, ctx: int = 128,
+            batch_size: int = 16, seed: int = 0, dtype: str = "float16", shard_rows: int = 65536,
+            progress: bool = True) -> dict:
+    """Write a store of ~`tokens` activation rows; resumes an unfinished one in `out`."""
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        raise UserError(f"{out} already holds a finished store")
+    if ctx < 2 or tokens < 1 or batch_size < 1:
+        raise UserError("--ctx must be >= 2, --tokens and --batch-size >= 1")
+    lm, tok = load_model(model)
+    n_layers = len(decoder_layers(lm))
+    if not 0 <= layer < n_layers:
+        raise UserError(f"--layer {layer} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
+    docs = read_documents(corpus, seed)
+    eos = tok.eos_token_id
+    token_docs = (tok(d, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else []) for d in docs)
+    contexts = pack(token_docs, ctx, tok.bos_token_id)
+    per_shard = max(1, shard_rows // (ctx - 1))
+    n_contexts = math.ceil(tokens / (ctx - 1))
+    d = lm.config.hidden_size
+    meta = {"source": {"kind": "model", "model": str(model), "layer": layer, "corpus": str(corpus),
+                       "ctx": ctx, "seed": seed, "contexts_per_shard": per_shard,
+                       "tokenizer": type(tok).__name__}}
+    w = StoreWriter(out, d, dtype, meta, resume=True)
+    skip = len(w.shards) * per_shard
+    dropped, done = 0, skip
+    bar = tqdm(total=n_contexts * (ctx - 1), initial=skip * (ctx - 1), unit="tok", disable=not progress, desc="collect")
+    buf: list[tuple] = []
+    for i, c in enumerate(contexts):
+        if i >= n_contexts:
+            break
+        if i < skip:
+            continue
+        buf.append(c)
+        if len(buf) == per_shard or i == n_contexts - 1:
+            dropped += _write_shard(lm, layer, buf, batch_size, w, bar)
+            done += len(buf)
+            buf = []
+    if buf:  # the corpus ran out before the requested tokens
+        dropped += _write_shard(lm, layer, buf, batch_size, w, bar)
+        done += len(buf)
+    bar.close()
+    if not w.shards:
+        raise UserError(f"{corpus}: too little text for one context of {ctx} tokens")
+    return w.finish(dropped_nonfinite=dropped)
+
+
+def _write_shard(lm, layer: int, contexts: list, batch_size: int, w: StoreWriter, bar) -> int:
+    """Run the contexts, write one shard of their rows (positions >= 1); returns rows dropped."""
+    acts, toks, docs, pos = [], [], [], []
+    for b in range(0, len(contexts), batch_size):
+        chunk = contexts[b:b + batch_size]
+        ids = torch.from_numpy(np.stack([c[0] for c in chunk]))
+        t0 = time.perf_counter()
+        h = residual(lm, layer, ids)[:, 1:].float().reshape(-1, w.d).numpy()
+        acts.append(h)
+        toks.append(ids[:, 1:].reshape(-1).numpy())
+        docs.append(np.stack([c[1] for c in chunk])[:, 1:].reshape(-1))
+        pos.append(np.stack([c[2] for c in chunk])[:, 1:].reshape(-1))
+        bar.update(h.shape[0])
+        bar.set_postfix_str(f"{h.shape[0] / (time.perf_counter() - t0):.0f} tok/s")
+    x = np.concatenate(acts)
+    ok = np.isfinite(x.astype(w.dtype)).all(1)  # includes overflow of the store's dtype
+    w.write(x[ok], tokens=np.concatenate(toks)[ok].astype(np.int64), doc=np.concatenate(docs)[ok].astype(np.int64),
+            pos=np.concatenate(pos)[ok].astype(np.int64))
+    return int((~ok).sum())
