@@ -5,7 +5,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RUNS    ?= runs
 
-.PHONY: demo demo-synth test bench clean
+CORPUS_PKGS := python3-doc wordnet-base fortunes
+
+.PHONY: demo demo-synth demo-real corpus test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +28,22 @@ demo-synth: $(STAMP)
 	$(BIN)/hsae eval $(RUNS)/hsae --acts $(RUNS)/synth --json $(RUNS)/hsae/eval.json
 	$(BIN)/hsae eval $(RUNS)/posthoc --acts $(RUNS)/synth --json $(RUNS)/posthoc/eval.json
 	$(BIN)/hsae compare $(RUNS)/hsae/eval.json $(RUNS)/posthoc/eval.json
+
+# Real English text from Debian packages (the embedded corpus), when we can install it.
+corpus:
+	@if dpkg -s $(CORPUS_PKGS) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CORPUS_PKGS); \
+	else echo "cannot install $(CORPUS_PKGS) (needs root and apt-get): collect with --corpus PATH instead"; exit 1; fi
+
+# SmolLM2-135M layer 15 on ~200k tokens: HSAE vs post-hoc, 4 levels, L0 20. Reuses finished steps.
+demo-real: $(STAMP) corpus
+	test -f $(RUNS)/acts/manifest.json || $(BIN)/hsae collect --model smollm2 --layer 15 --corpus mix --tokens 200000 --out $(RUNS)/acts
+	$(BIN)/hsae train --acts $(RUNS)/acts --levels 256,512,1024,2048 --l0 20 --steps 1000 --out $(RUNS)/smollm2-hsae
+	$(BIN)/hsae train --acts $(RUNS)/acts --levels 256,512,1024,2048 --l0 20 --steps 1000 --out $(RUNS)/smollm2-posthoc --baseline
+	$(BIN)/hsae eval $(RUNS)/smollm2-hsae --json $(RUNS)/smollm2-hsae/eval.json > /dev/null
+	$(BIN)/hsae eval $(RUNS)/smollm2-posthoc --json $(RUNS)/smollm2-posthoc/eval.json > /dev/null
+	$(BIN)/hsae compare $(RUNS)/smollm2-hsae/eval.json $(RUNS)/smollm2-posthoc/eval.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -97,17 +97,29 @@ def collect(model: str, layer: int, corpus: str, tokens: int, out: str | Path, c
     if ctx < 2 or tokens < 1 or batch_size < 1:
         raise UserError("--ctx must be >= 2, --tokens and --batch-size >= 1")
     lm, tok = load_model(model)
+    return collect_with(lm, tok, str(model), layer, corpus, tokens, out, ctx, batch_size, seed, dtype, shard_rows, progress)
+
+
+def contexts_of(tok, corpus: str, ctx: int, seed: int):
+    """The corpus's packed contexts, in collection order (see corpus.pack)."""
+    eos = tok.eos_token_id
+    docs = read_documents(corpus, seed)
+    token_docs = (tok(d, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else []) for d in docs)
+    return pack(token_docs, ctx, tok.bos_token_id)
+
+
+def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int, out: Path, ctx: int = 128,
+                 batch_size: int = 16, seed: int = 0, dtype: str = "float16", shard_rows: int = 65536,
+                 progress: bool = True) -> dict:
+    """collect() with the model already loaded."""
     n_layers = len(decoder_layers(lm))
     if not 0 <= layer < n_layers:
         raise UserError(f"--layer {layer} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
-    docs = read_documents(corpus, seed)
-    eos = tok.eos_token_id
-    token_docs = (tok(d, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else []) for d in docs)
-    contexts = pack(token_docs, ctx, tok.bos_token_id)
+    contexts = contexts_of(tok, corpus, ctx, seed)
     per_shard = max(1, shard_rows // (ctx - 1))
     n_contexts = math.ceil(tokens / (ctx - 1))
     d = lm.config.hidden_size
-    meta = {"source": {"kind": "model", "model": str(model), "layer": layer, "corpus": str(corpus),
+    meta = {"source": {"kind": "model", "model": model_name, "layer": layer, "corpus": str(corpus),
                        "ctx": ctx, "seed": seed, "contexts_per_shard": per_shard,
                        "tokenizer": type(tok).__name__}}
     w = StoreWriter(out, d, dtype, meta, resume=True)
