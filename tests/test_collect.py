@@ -126,3 +126,21 @@ def test_embedded_smollm2_layer15_drops_the_attention_sink(tmp_path):
     assert s.d == 576 and s.rows == 310
     norms = np.linalg.norm(s.read(0, s.rows), axis=1)
     assert norms.max() < 2000  # position 0 (norm ~22,000) is never stored
+
+
+def test_corrupt_shard_is_named_and_repair_restores_the_store(tiny, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(_collect(tiny, out)) == 0
+    before = json.loads((out / "manifest.json").read_text())
+    shard = out / "shard_00004.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-7] ^= 0xFF  # one flipped bit in the activations: same size, valid header
+    shard.write_bytes(bytes(data))
+    s = Store(out)
+    with pytest.raises(Exception, match="shard_00004.*--repair"):
+        s.read(0, s.rows)
+    assert main(_collect(tiny, out, "--repair")) == 0
+    after = json.loads((out / "manifest.json").read_text())
+    assert [x["sha256"] for x in after["shards"]] == [x["sha256"] for x in before["shards"]]
+    assert after["scale"] == before["scale"]
+    assert np.isfinite(Store(out).read(0, 3000)).all()

@@ -46,7 +46,7 @@ def cmd_collect(a) -> int:
     from .data.collect import collect
 
     m = collect(a.model, a.layer, a.corpus, a.tokens, a.out, ctx=a.ctx, batch_size=a.batch_size, seed=a.seed,
-                dtype=a.dtype, shard_rows=a.shard_rows, progress=not a.quiet)
+                dtype=a.dtype, shard_rows=a.shard_rows, progress=not a.quiet, repair=a.repair)
     print(f"wrote {m['rows']} rows (d={m['d']}) to {a.out}; {m['dropped_nonfinite']} non-finite rows dropped")
     return 0
 
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--seed", type=int, default=0, help="document order seed")
     k.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored activation dtype")
     k.add_argument("--shard-rows", type=int, default=65536, help="about this many rows per shard")
+    k.add_argument("--repair", action="store_true", help="drop shards from the first corrupt one on, then re-collect them")
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.set_defaults(fn=cmd_collect)
 

@@ -89,15 +89,45 @@ def residual(model, layer: int, input_ids: torch.Tensor) -> torch.Tensor:
 
 def collect(model: str, layer: int, corpus: str, tokens: int, out: str | Path, ctx: int = 128,
             batch_size: int = 16, seed: int = 0, dtype: str = "float16", shard_rows: int = 65536,
-            progress: bool = True) -> dict:
-    """Write a store of ~`tokens` activation rows; resumes an unfinished one in `out`."""
+            progress: bool = True, repair: bool = False) -> dict:
+    """Write a store of ~`tokens` activation rows; resumes an unfinished one in `out`.
+
+    repair=True first keeps only the shards before the first one that fails its checksum, so
+    the same command re-collects the rest (collection is deterministic).
+    """
     out = Path(out)
+    if repair:
+        _truncate_to_good_shards(out)
     if (out / MANIFEST).is_file():
         raise UserError(f"{out} already holds a finished store")
     if ctx < 2 or tokens < 1 or batch_size < 1:
         raise UserError("--ctx must be >= 2, --tokens and --batch-size >= 1")
     lm, tok = load_model(model)
     return collect_with(lm, tok, str(model), layer, corpus, tokens, out, ctx, batch_size, seed, dtype, shard_rows, progress)
+
+
+def _truncate_to_good_shards(out: Path) -> None:
+    import hashlib
+    import json
+
+    from .store import StoreWriter, atomic_write
+
+    src = out / MANIFEST if (out / MANIFEST).is_file() else out / StoreWriter.PROGRESS
+    if not src.is_file():
+        return
+    saved = json.loads(src.read_text())
+    good = []
+    for s in saved["shards"]:
+        f = out / s["file"]
+        if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != s["sha256"]:
+            break
+        good.append(s)
+    for s in saved["shards"][len(good):]:
+        (out / s["file"]).unlink(missing_ok=True)
+    meta = {k: saved[k] for k in ("source",) if k in saved} if src.name == MANIFEST else saved["meta"]
+    progress = {"d": saved["d"], "dtype": saved["dtype"], "meta": meta, "shards": good}
+    atomic_write(out / StoreWriter.PROGRESS, json.dumps(progress).encode())
+    (out / MANIFEST).unlink(missing_ok=True)
 
 
 def contexts_of(tok, corpus: str, ctx: int, seed: int):

@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 from ..config import UserError
 
 MANIFEST = "manifest.json"
+REPAIR = "repair it by rerunning the `hsae collect` command that made it with --repair"
 SCALE_ROWS = 65536  # rows used to estimate the normalisation scale, from the start of the data
 
 
@@ -54,6 +55,7 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._files: list = []  # per shard: a memory-mapped array or an open safetensors handle
+        self._verified: set[int] = set()  # shards whose sha256 was checked in this process
         self._key: str = "acts"
         if self.path.is_dir():
             self._open_dir()
@@ -86,7 +88,7 @@ class Store:
                 h = safe_open(str(f), framework="np")
                 shape = h.get_slice("acts").get_shape()
             except Exception as e:  # safetensors raises several types for truncated files
-                raise UserError(f"shard {f} is missing or corrupt ({e}); re-create the store") from None
+                raise UserError(f"shard {f} is missing or corrupt ({e}); {REPAIR}") from None
             if list(shape) != [int(s["rows"]), self.d]:
                 raise UserError(f"shard {f} holds {shape}, manifest says [{s['rows']}, {self.d}]")
             self._files.append(h)
@@ -116,7 +118,22 @@ class Store:
         t = self.meta.get("truth")
         return self.path / t if t else None
 
+    def verify(self, i: int) -> None:
+        """Check shard i against its manifest sha256 (once per process); UserError naming it."""
+        shards = self.meta.get("shards")
+        if i in self._verified or not shards:
+            return
+        f = self.path / shards[i]["file"]
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+        if h.hexdigest() != shards[i]["sha256"]:
+            raise UserError(f"shard {f} does not match its checksum; {REPAIR}")
+        self._verified.add(i)
+
     def _read_shard(self, i: int, a: int, b: int) -> np.ndarray:
+        self.verify(i)  # a corrupt shard must never become a silent wrong batch
         f = self._files[i]
         if isinstance(f, np.ndarray):
             return np.asarray(f[a:b])
