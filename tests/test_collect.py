@@ -144,3 +144,17 @@ def test_corrupt_shard_is_named_and_repair_restores_the_store(tiny, tmp_path, ca
     assert [x["sha256"] for x in after["shards"]] == [x["sha256"] for x in before["shards"]]
     assert after["scale"] == before["scale"]
     assert np.isfinite(Store(out).read(0, 3000)).all()
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_saved_datasets_are_a_corpus(tmp_path, as_dict):
+    from datasets import Dataset, DatasetDict
+
+    from hsae.data.corpus import read_documents
+
+    texts = [f"document number {i}" for i in range(50)]
+    ds = Dataset.from_dict({"text": texts, "id": list(range(50))})
+    (DatasetDict({"train": ds}) if as_dict else ds).save_to_disk(str(tmp_path / "ds"))
+    docs = read_documents(tmp_path / "ds", seed=1)
+    assert sorted(docs) == sorted(texts) and docs != texts  # all of them, in seeded order
+    assert docs == read_documents(tmp_path / "ds", seed=1)

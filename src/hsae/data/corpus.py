@@ -6,7 +6,8 @@ A corpus is a name of an embedded corpus (real English text from Debian packages
   fortunes     fortunes: fortune cookies, split at '%' lines
   mix          all three, interleaved
 or a path: a .txt/.md/.rst file (documents separated by blank lines), a .jsonl file (one
-document per line, in its "text" field), or a directory of such files (read in sorted order).
+document per line, in its "text" field), a directory of such files (read in sorted order), or
+a dataset saved with `datasets` (`save_to_disk`; its "text" column, "train" split if a dict).
 Document order is shuffled by seed, so a collection is deterministic.
 """
 
@@ -86,6 +87,8 @@ def read_documents(path: str | Path, seed: int = 0) -> list[str]:
     if str(path) in NAMED or str(path) == "mix":
         return _shuffled(named_documents(str(path)), seed)
     path = Path(path)
+    if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
+        return _shuffled(_saved_dataset(path), seed)
     if path.is_dir():
         files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES + (".jsonl",))
     elif path.is_file() and path.suffix in TEXT_SUFFIXES + (".jsonl",):
@@ -96,6 +99,18 @@ def read_documents(path: str | Path, seed: int = 0) -> list[str]:
     if not docs:
         raise UserError(f"{path}: no text found")
     return _shuffled(docs, seed)
+
+
+def _saved_dataset(path: Path) -> list[str]:
+    """The "text" column of a dataset saved with `datasets` (the "train" split of a dict)."""
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    if "text" not in ds.column_names:
+        raise UserError(f"{path}: the dataset has no 'text' column (columns: {', '.join(ds.column_names)})")
+    return [str(t) for t in ds["text"] if t]
 
 
 def _shuffled(docs: list[str], seed: int) -> list[str]:
