@@ -8,6 +8,7 @@ complete shard and ends identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from ..config import UserError
 from .corpus import pack, read_documents
-from .store import MANIFEST, StoreWriter
+from .store import MANIFEST, StoreWriter, atomic_write, file_sha256
 
 
 class _Stop(Exception):
@@ -107,11 +108,7 @@ def collect(model: str, layer: int, corpus: str, tokens: int, out: str | Path, c
 
 
 def _truncate_to_good_shards(out: Path) -> None:
-    import hashlib
-    import json
-
-    from .store import StoreWriter, atomic_write
-
+    """Keep the shards before the first missing or corrupt one; the store becomes unfinished."""
     src = out / MANIFEST if (out / MANIFEST).is_file() else out / StoreWriter.PROGRESS
     if not src.is_file():
         return
@@ -119,7 +116,7 @@ def _truncate_to_good_shards(out: Path) -> None:
     good = []
     for s in saved["shards"]:
         f = out / s["file"]
-        if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != s["sha256"]:
+        if not f.is_file() or file_sha256(f) != s["sha256"]:
             break
         good.append(s)
     for s in saved["shards"][len(good):]:
@@ -154,7 +151,7 @@ def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int,
                        "tokenizer": type(tok).__name__}}
     w = StoreWriter(out, d, dtype, meta, resume=True)
     skip = len(w.shards) * per_shard
-    dropped, done = 0, skip
+    done = skip  # contexts in the store so far
     bar = tqdm(total=n_contexts * (ctx - 1), initial=skip * (ctx - 1), unit="tok", disable=not progress, desc="collect")
     buf: list[tuple] = []
     for i, c in enumerate(contexts):
@@ -164,20 +161,21 @@ def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int,
             continue
         buf.append(c)
         if len(buf) == per_shard or i == n_contexts - 1:
-            dropped += _write_shard(lm, layer, buf, batch_size, w, bar)
+            _write_shard(lm, layer, buf, batch_size, w, bar)
             done += len(buf)
             buf = []
     if buf:  # the corpus ran out before the requested tokens
-        dropped += _write_shard(lm, layer, buf, batch_size, w, bar)
+        _write_shard(lm, layer, buf, batch_size, w, bar)
         done += len(buf)
     bar.close()
     if not w.shards:
         raise UserError(f"{corpus}: too little text for one context of {ctx} tokens")
-    return w.finish(dropped_nonfinite=dropped)
+    # rows of every context collected (this run and resumed ones) minus rows stored
+    return w.finish(dropped_nonfinite=done * (ctx - 1) - sum(sh["rows"] for sh in w.shards))
 
 
-def _write_shard(lm, layer: int, contexts: list, batch_size: int, w: StoreWriter, bar) -> int:
-    """Run the contexts, write one shard of their rows (positions >= 1); returns rows dropped."""
+def _write_shard(lm, layer: int, contexts: list, batch_size: int, w: StoreWriter, bar) -> None:
+    """Run the contexts and write one shard of their rows (positions >= 1), non-finite rows dropped."""
     acts, toks, docs, pos = [], [], [], []
     for b in range(0, len(contexts), batch_size):
         chunk = contexts[b:b + batch_size]
@@ -194,4 +192,3 @@ def _write_shard(lm, layer: int, contexts: list, batch_size: int, w: StoreWriter
     ok = np.isfinite(x.astype(w.dtype)).all(1)  # includes overflow of the store's dtype
     w.write(x[ok], tokens=np.concatenate(toks)[ok].astype(np.int64), doc=np.concatenate(docs)[ok].astype(np.int64),
             pos=np.concatenate(pos)[ok].astype(np.int64))
-    return int((~ok).sum())

@@ -39,6 +39,15 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 16 MB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def estimate_scale(x: np.ndarray) -> float:
     """The constant c with mean ||c x|| = sqrt(d) over the finite rows of x."""
     norms = np.linalg.norm(x.astype(np.float64), axis=1)
@@ -124,11 +133,7 @@ class Store:
         if i in self._verified or not shards:
             return
         f = self.path / shards[i]["file"]
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                h.update(chunk)
-        if h.hexdigest() != shards[i]["sha256"]:
+        if file_sha256(f) != shards[i]["sha256"]:
             raise UserError(f"shard {f} does not match its checksum; {REPAIR}")
         self._verified.add(i)
 
