@@ -8,13 +8,13 @@ Its metadata records the data's normalisation scale: the model works on scale * 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .config import TrainConfig, UserError
+from .data.store import publish
 from .model import HSAE
 
 CONFIG, MODEL, LOG, CHECKPOINT = "config.json", "model.safetensors", "train_log.jsonl", "checkpoint.pt"
@@ -39,9 +39,7 @@ def save_model(model: HSAE, path: str | Path, scale: float) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(model_tensors(model), str(tmp), metadata={"scale": repr(scale), "d": str(model.d)})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def load_model(path: str | Path) -> tuple[HSAE, float]:

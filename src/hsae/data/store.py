@@ -29,14 +29,18 @@ REPAIR = "repair it by rerunning the `hsae collect` command that made it with --
 SCALE_ROWS = 65536  # rows used to estimate the normalisation scale, from the start of the data
 
 
+def publish(tmp: Path, path: Path) -> None:
+    """Sync a fully written temporary file to disk, then atomically rename it to `path`."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write a file so that readers see either the old content or the whole new one."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp.write_bytes(data)
+    publish(tmp, path)
 
 
 def file_sha256(path: Path) -> str:
@@ -209,11 +213,9 @@ class StoreWriter:
         tensors = {"acts": np.ascontiguousarray(acts, dtype=self.dtype), **{k: np.ascontiguousarray(v) for k, v in extra.items()}}
         tmp = self.path / (name + ".tmp")
         save_file(tensors, str(tmp))
-        data = tmp.read_bytes()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path / name)
-        self.shards.append({"file": name, "rows": int(acts.shape[0]), "sha256": hashlib.sha256(data).hexdigest()})
+        digest = file_sha256(tmp)
+        publish(tmp, self.path / name)
+        self.shards.append({"file": name, "rows": int(acts.shape[0]), "sha256": digest})
         progress = {"d": self.d, "dtype": self.dtype.name, "meta": self.meta, "shards": self.shards}
         atomic_write(self.path / self.PROGRESS, json.dumps(progress).encode())
 

@@ -8,7 +8,6 @@ an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from tqdm import tqdm
 
 from ..config import TrainConfig, UserError
 from ..data.batches import BatchStream
-from ..data.store import Store, atomic_write
+from ..data.store import Store, atomic_write, publish
 from ..model import HSAE, CoActivation, hsae_loss, update_forest
 from ..rundir import CHECKPOINT, CONFIG, LOG, MODEL, save_model
 from .controller import L0Controller
@@ -69,9 +68,7 @@ class Trainer:
         """Write checkpoint.pt atomically."""
         tmp = self.out / (CHECKPOINT + ".tmp")
         torch.save(self.state_dict(), tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.out / CHECKPOINT)
+        publish(tmp, self.out / CHECKPOINT)
 
     def _resume_or_start(self) -> None:
         ck = self.out / CHECKPOINT
