@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from hsae.data.collect import collect_with, contexts_of, load_model, residual
+from hsae.train.dist import resolve_device
 
 
 def main():
@@ -30,8 +31,9 @@ def main():
     p.add_argument("--ctx", type=int, default=128, help="tokens per context")
     p.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass")
     p.add_argument("--contexts", type=int, default=256, help="contexts to run")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     a = p.parse_args()
-    lm, tok = load_model(a.model)
+    lm, tok = load_model(a.model, resolve_device(a.device))
     ctxs = list(itertools.islice(contexts_of(tok, a.corpus, a.ctx, 0), a.contexts))
     tokens = len(ctxs) * (a.ctx - 1)
     residual(lm, a.layer, torch.from_numpy(np.stack([c[0] for c in ctxs[:2]])))  # warm-up
@@ -39,6 +41,8 @@ def main():
     t0 = time.perf_counter()
     for b in range(0, len(ctxs), a.batch_size):
         residual(lm, a.layer, torch.from_numpy(np.stack([c[0] for c in ctxs[b:b + a.batch_size]])))
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize()  # the GPU may still be running the last batch
     bare = time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,7 +51,7 @@ def main():
                      progress=False)
         full = time.perf_counter() - t0
     print(json.dumps({
-        "model": a.model, "layer": a.layer, "ctx": a.ctx, "batch_size": a.batch_size, "tokens": tokens,
+        "model": a.model, "device": str(lm.device), "layer": a.layer, "ctx": a.ctx, "batch_size": a.batch_size, "tokens": tokens,
         "threads": torch.get_num_threads(), "bare_forward_tokens_per_s": tokens / bare,
         "collect_tokens_per_s": tokens / full, "ratio": bare / full,
     }, indent=2))

@@ -7,6 +7,9 @@ that L0 is about `--l0` (as in a trained model: the constraint's cost grows with
 
   python bench/step.py                 # small + paper dims + dense comparison (~10 min on 2 cores)
   python bench/step.py --only small    # one configuration
+  python bench/step.py --only paper --device cuda --dtype bfloat16
+
+bench/run_all.py builds the suite's JSON from the same measurements.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ CONFIGS = {
 }
 
 
-def _trainer(tmp: Path, c: dict, mode: str):
+def _trainer(tmp: Path, c: dict, mode: str, device: str = "cpu", dtype: str = "float32", compile: bool = False):
     from hsae.config import TrainConfig
     from hsae.data.store import Store
+    from hsae.train.dist import Dist
     from hsae.train.trainer import Trainer
 
     rows = c["batch"] * 4
@@ -44,8 +48,8 @@ def _trainer(tmp: Path, c: dict, mode: str):
                       baseline=(mode == "independent"), holdout=0.2, tree="partial")
     store = Store(tmp / "x.npy")
     cfg.d = store.d
-    tr = Trainer(cfg, store, tmp / "run")
-    x = tr.stream.batch(0)
+    tr = Trainer(cfg, store, tmp / "run", Dist(device), dtype, compile)
+    x = tr.stream.batch(0).to(tr.device)
     with torch.no_grad():  # thresholds at the quantile that gives L0 ~ target on this data
         for lv in tr.model.levels:
             lv.log_threshold.copy_(torch.quantile(lv.pre(x), 1 - c["l0"] / lv.n, dim=0).clamp_min(1e-3).log())
@@ -54,22 +58,38 @@ def _trainer(tmp: Path, c: dict, mode: str):
     return tr, x
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # GPU work is asynchronous: time it to completion
+
+
 def _time(fn, steps: int, warmup: bool = True) -> float:
     if warmup:
-        fn()  # allocations, first-touch
+        fn()  # allocations, first-touch (and compilation)
+    _sync()
     ts = []
     for _ in range(steps):
         t0 = time.perf_counter()
         fn()
+        _sync()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
 
-def run_one(name: str, mode: str) -> dict:
+def peak_memory_gib() -> dict:
+    """Peak resident memory of this process, and peak GPU memory allocated if on a GPU."""
+    out = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if torch.cuda.is_available():
+        out["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def run_one(name: str, mode: str, device: str = "cpu", dtype: str = "float32", compile: bool = False,
+            steps: int | None = None) -> dict:
     """Time one (configuration, mode) in this process."""
     c = CONFIGS[name]
     with tempfile.TemporaryDirectory() as tmp:
-        tr, x = _trainer(Path(tmp), c, mode)
+        tr, x = _trainer(Path(tmp), c, mode, device, dtype, compile)
         if mode == "dense":
             from reference import dense_loss
 
@@ -83,7 +103,7 @@ def run_one(name: str, mode: str) -> dict:
         else:
             step = tr.train_step
         # the naive dense step takes minutes: one untimed warm-up would double the bench
-        sec = _time(step, 1 if mode == "dense" else c["steps"], warmup=mode != "dense")
+        sec = _time(step, 1 if mode == "dense" else steps or c["steps"], warmup=mode != "dense")
         l0 = [float((a > 0).float().sum(1).mean()) for a in tr.model.encode(x)]
         out = {"seconds_per_step": sec, "l0": l0}
         if mode == "hsae":
@@ -91,16 +111,18 @@ def run_one(name: str, mode: str) -> dict:
 
             t0 = time.perf_counter()
             update_forest(tr.model, "encoder", "partial", 0.2)
+            _sync()
             out["hierarchy_update_s"] = time.perf_counter() - t0
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return out
+        tr.batches.close()
+    return {**out, **peak_memory_gib()}
 
 
-def matmul_ceiling(c: dict, steps: int) -> float:
+def matmul_ceiling(c: dict, steps: int, device: str = "cpu", dtype: str = "float32") -> float:
     """Seconds for the step's dense products alone: per level 1 encoder + 1 decoder forward, 3 backward."""
     B, d = c["batch"], c["d"]
-    x = torch.randn(B, d)
-    Ws = [(torch.randn(d, n), torch.randn(n, d), torch.randn(B, n)) for n in c["levels"]]
+    kw = {"device": device, "dtype": getattr(torch, dtype)}
+    x = torch.randn(B, d, **kw)
+    Ws = [(torch.randn(d, n, **kw), torch.randn(n, d, **kw), torch.randn(B, n, **kw)) for n in c["levels"]]
 
     def mm():
         for we, wd, a in Ws:
@@ -112,19 +134,26 @@ def matmul_ceiling(c: dict, steps: int) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=list(CONFIGS), help="run one configuration")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to train")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="precision of the products")
+    p.add_argument("--compile", action="store_true", help="torch.compile the levels' dense encode")
+    p.add_argument("--steps", type=int, help="timed steps per configuration (default: per configuration)")
     p.add_argument("--child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(run_one(*a.child)))
+        print(json.dumps(run_one(*a.child, a.device, a.dtype, a.compile, a.steps)))
         return
+    opts = ["--device", a.device, "--dtype", a.dtype] + (["--compile"] if a.compile else []) + (
+        ["--steps", str(a.steps)] if a.steps else [])
 
     def sub(name, mode):
-        r = subprocess.run([sys.executable, __file__, "--child", name, mode], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, __file__, "--child", name, mode, *opts], capture_output=True, text=True)
         if r.returncode:
             return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "configs": {}}
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": a.device, "dtype": a.dtype,
+              "configs": {}}
     for name in [a.only] if a.only else list(CONFIGS):
         c = CONFIGS[name]
         modes = ["hsae", "independent"] + (["dense"] if name == "dense_cmp" else [])
@@ -132,7 +161,7 @@ def main():
         h, ind = r["hsae"], r["independent"]
         if "error" not in h and "error" not in ind:
             r["overhead_ratio"] = h["seconds_per_step"] / ind["seconds_per_step"]
-            r["matmul_ceiling_s"] = matmul_ceiling(c, c["steps"])
+            r["matmul_ceiling_s"] = matmul_ceiling(c, a.steps or c["steps"], a.device, a.dtype)
             r["independent_vs_ceiling"] = r["matmul_ceiling_s"] / ind["seconds_per_step"]
         if "dense" in r and "error" not in r["dense"] and "error" not in h:
             r["speedup_vs_dense"] = r["dense"]["seconds_per_step"] / h["seconds_per_step"]

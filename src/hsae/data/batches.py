@@ -1,11 +1,19 @@
 """Shuffled training batches as a pure function of the step, so a resumed run sees the same data.
 
 Each epoch permutes fixed blocks of rows, groups consecutive permuted blocks into windows of
-about WINDOW_BYTES, and permutes the rows inside each window. Only one window is in memory;
-its blocks are contiguous reads, so a store much larger than RAM streams fine.
+about WINDOW_BYTES, and permutes the rows inside each window. Only one window is in memory
+(two while the next is read ahead); its blocks are contiguous reads, so a store much larger
+than RAM streams fine. `Prefetcher` computes the batches of the coming steps in a background
+thread and reads the next window while the current one is consumed, so training waits on
+neither.
 """
 
 from __future__ import annotations
+
+import os
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -14,6 +22,7 @@ from .store import Store
 
 BLOCK_ROWS = 4096
 WINDOW_BYTES = 256 << 20
+READ_THREADS = min(4, os.cpu_count() or 1)  # blocks of a window read in parallel when reading ahead
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -30,6 +39,9 @@ class BatchStream:
         self.window_blocks = max(1, WINDOW_BYTES // (store.d * 4 * BLOCK_ROWS))
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         self._window_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._pool: ThreadPoolExecutor | None = None  # set by read_ahead()
+        self._readers: ThreadPoolExecutor | None = None
+        self._ahead: tuple[tuple[int, int], Future] | None = None
 
     def _epoch(self, e: int):
         """(block order, window start offsets within the epoch) for epoch e."""
@@ -40,16 +52,54 @@ class BatchStream:
             self._epoch_cache = (e, order, np.concatenate([[0], np.cumsum(wsizes)]))
         return self._epoch_cache[1], self._epoch_cache[2]
 
+    def read_ahead(self) -> None:
+        """From now on, read the window after the one in use in a background thread."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="hsae-window")
+            # reading and converting a block releases the GIL for most of its time
+            self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="hsae-read")
+
+    def close(self) -> None:
+        """Stop reading ahead and release its threads (batch() keeps working, serially)."""
+        for pool in (self._pool, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._readers = self._ahead = None
+
+    def _load(self, e: int, w: int, order: np.ndarray) -> torch.Tensor:
+        """Read and permute window w of epoch e (block order `order`); touches no cache."""
+        blocks = order[w * self.window_blocks:(w + 1) * self.window_blocks]
+
+        def read(b):
+            return self.store.batch(self.rows.start + b * BLOCK_ROWS, self.rows.start + min(self.n, (b + 1) * BLOCK_ROWS))
+
+        if self._readers is None:
+            data = torch.cat([read(b) for b in blocks])
+        else:
+            # Shards are checksummed on first read; do it here, once, not in several readers at a time.
+            for b in blocks:
+                a, z = self.rows.start + b * BLOCK_ROWS, self.rows.start + min(self.n, (b + 1) * BLOCK_ROWS)
+                i0, i1 = np.searchsorted(self.store.offsets, [a, z - 1], side="right") - 1
+                for i in range(int(i0), int(i1) + 1):
+                    self.store.verify(i)
+            data = torch.cat(list(self._readers.map(read, blocks)))
+        return data[torch.from_numpy(_rng(self.seed, e, w + 1).permutation(len(data)))]
+
     def _window(self, e: int, w: int) -> torch.Tensor:
         """Rows of window w of epoch e, already permuted."""
         if self._window_cache is None or self._window_cache[0] != (e, w):
-            order, _ = self._epoch(e)
-            blocks = order[w * self.window_blocks:(w + 1) * self.window_blocks]
-            parts = [self.store.batch(self.rows.start + b * BLOCK_ROWS,
-                                      self.rows.start + min(self.n, (b + 1) * BLOCK_ROWS)) for b in blocks]
-            data = torch.cat(parts)
-            perm = torch.from_numpy(_rng(self.seed, e, w + 1).permutation(len(data)))
-            self._window_cache = ((e, w), data[perm])
+            if self._ahead is not None and self._ahead[0] == (e, w):
+                data = self._ahead[1].result()
+            else:
+                data = self._load(e, w, self._epoch(e)[0])
+            self._ahead = None
+            self._window_cache = ((e, w), data)
+            if self._pool is not None:
+                n_windows = len(self._epoch(e)[1]) - 1
+                ne, nw = (e, w + 1) if w + 1 < n_windows else (e + 1, 0)
+                # the next epoch's block order is computed here, so the pool touches no cache
+                order = self._epoch(e)[0] if ne == e else _rng(self.seed, ne).permutation(self.nblocks)
+                self._ahead = ((ne, nw), self._pool.submit(self._load, ne, nw, order))
         return self._window_cache[1]
 
     def batch(self, step: int) -> torch.Tensor:
@@ -64,3 +114,74 @@ class BatchStream:
             out.append(self._window(e, w)[a:a + take])
             pos, need = pos + take, need - take
         return out[0] if len(out) == 1 else torch.cat(out)
+
+
+class Prefetcher:
+    """Batches of the coming steps, computed in a background thread.
+
+    get(step) returns rows [lo, hi) (this data-parallel rank's part) of stream.batch(step),
+    pinned for a fast copy to the GPU when pin=True. Steps are produced in order from the
+    first one asked for; asking for another step restarts the thread there. Errors in the
+    thread (a corrupt shard) are raised by get(). The stream must not be used by anyone else
+    once get() has been called.
+    """
+
+    def __init__(self, stream: BatchStream, lo: int = 0, hi: int | None = None, depth: int = 4, pin: bool = False):
+        self.stream, self.lo, self.hi = stream, lo, stream.B if hi is None else hi
+        self.depth, self.pin = max(1, depth), pin
+        self._next: int | None = None
+        self._q: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        stream.read_ahead()
+
+    def _work(self, start: int, q: queue.Queue, stop: threading.Event) -> None:
+        step = start
+        while not stop.is_set():
+            try:
+                x = self.stream.batch(step)[self.lo:self.hi]
+                item = (step, x.pin_memory() if self.pin else x.clone())  # clone: not a view of the window
+            except BaseException as e:  # handed to get(), which raises it in the training thread
+                item = (step, e)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+            if isinstance(item[1], BaseException):
+                return
+            step += 1
+
+    def _start(self, step: int) -> None:
+        self._stop_thread()
+        self._stop = threading.Event()
+        self._q = queue.Queue(self.depth)
+        self._thread = threading.Thread(target=self._work, args=(step, self._q, self._stop), daemon=True,
+                                        name="hsae-batches")
+        self._thread.start()
+        self._next = step
+
+    def get(self, step: int) -> torch.Tensor:
+        """This rank's part of the batch of `step`."""
+        if self._next != step:
+            self._start(step)
+        s, x = self._q.get()
+        if isinstance(x, BaseException):
+            self._next = None  # the next get() retries from scratch
+            raise x
+        assert s == step, (s, step)
+        self._next = step + 1
+        return x
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self._next = None
+
+    def close(self) -> None:
+        """Stop the threads (the queued batches are dropped)."""
+        self._stop_thread()
+        self.stream.close()

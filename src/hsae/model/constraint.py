@@ -27,7 +27,7 @@ def _chunks(group: torch.Tensor, d: int):
     if m <= step:
         yield 0, m
         return
-    starts = torch.cat([torch.zeros(1, dtype=torch.long), (group[1:] != group[:-1]).nonzero().squeeze(1) + 1])
+    starts = torch.cat([group.new_zeros(1), (group[1:] != group[:-1]).nonzero().squeeze(1) + 1])
     e0 = 0
     while e0 < m:
         i = int(torch.searchsorted(starts, e0 + step))
@@ -69,7 +69,7 @@ def _chunk_sums(vals, W, cols, group):
     for e0, e1 in _chunks(group, W.shape[1]):
         v, Wc = vals[e0:e1], W.index_select(0, cols[e0:e1])
         gi = group[e0:e1] - group[e0]
-        V = torch.zeros(int(gi[-1]) + 1, W.shape[1], dtype=W.dtype).index_add_(0, gi, v[:, None] * Wc)
+        V = W.new_zeros(int(gi[-1]) + 1, W.shape[1]).index_add_(0, gi, v[:, None] * Wc)
         yield e0, e1, V, v, Wc, gi
 
 
@@ -114,7 +114,7 @@ def constraint(
     has_parent = parent >= 0
     if not bool(has_parent.any()):
         return a_p.new_zeros(())
-    has_child = torch.zeros(n_p, dtype=torch.bool)
+    has_child = torch.zeros(n_p, dtype=torch.bool, device=a_p.device)
     has_child[parent[has_parent]] = True
     t1 = (a_p.square() * has_child).sum()
 

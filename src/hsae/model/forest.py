@@ -36,14 +36,18 @@ def cosine_topk(child: torch.Tensor, parent: torch.Tensor, k: int = 1) -> tuple[
 class CoActivation:
     """EMA of co-firing counts between two adjacent levels, for P(parent | child)."""
 
-    def __init__(self, n_parent: int, n_child: int, momentum: float = 0.999):
+    def __init__(self, n_parent: int, n_child: int, momentum: float = 0.999, device: str | torch.device = "cpu"):
         self.momentum = momentum
-        self.both = torch.zeros(n_child, n_parent)
-        self.child = torch.zeros(n_child)
+        self.both = torch.zeros(n_child, n_parent, device=device)
+        self.child = torch.zeros(n_child, device=device)
 
-    def update(self, active_p: torch.Tensor, active_c: torch.Tensor) -> None:
-        """Fold in one batch of bool activity [B, n_p], [B, n_c]."""
-        B = active_p.shape[0]
+    def update(self, active_p: torch.Tensor, active_c: torch.Tensor, rows: int | None = None) -> None:
+        """Fold in one batch of bool activity [B, n_p], [B, n_c].
+
+        rows: the global batch size when this is one data-parallel rank's slice of it (the EMA
+        is linear, so the sum over ranks of their statistics is the global one).
+        """
+        B = rows or active_p.shape[0]
         both = pair_counts(active_p, active_c)
         self.both.mul_(self.momentum).add_(both, alpha=(1 - self.momentum) / B)
         self.child.mul_(self.momentum).add_(active_c.sum(0).float(), alpha=(1 - self.momentum) / B)
@@ -82,9 +86,9 @@ def pair_counts(active_p: torch.Tensor, active_c: torch.Tensor, max_pairs: int =
     start = torch.cumsum(kp, 0) - kp
     ci = cc.repeat_interleave(reps)
     base = (torch.cumsum(reps, 0) - reps).repeat_interleave(reps)
-    pi = cp[start[rc].repeat_interleave(reps) + torch.arange(total) - base]
-    out = torch.zeros(n_c * n_p)
-    out.index_add_(0, ci * n_p + pi, torch.ones(total))
+    pi = cp[start[rc].repeat_interleave(reps) + torch.arange(total, device=cc.device) - base]
+    out = torch.zeros(n_c * n_p, device=cc.device)
+    out.index_add_(0, ci * n_p + pi, torch.ones(total, device=cc.device))
     return out.view(n_c, n_p)
 
 
@@ -136,4 +140,4 @@ def update_forest(model, similarity: str = "encoder", tree: str = "partial", orp
             sim, idx = coact[l - 1].topk(k)
         else:
             sim, idx = cosine_topk(_vectors(model.levels[l], similarity), _vectors(model.levels[l - 1], similarity), k)
-        model.set_parent(l, assign(sim, idx, tree, orphan_quantile))
+        model.set_parent(l, assign(sim.cpu(), idx.cpu(), tree, orphan_quantile))

@@ -12,6 +12,7 @@ C(S) their children. The second product touches only ~r of the columns, so the s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -38,19 +39,32 @@ def swapped_children(parent: torch.Tensor, swap: torch.Tensor) -> torch.Tensor:
 
 
 def ghost_loss(x: torch.Tensor, x_hat: torch.Tensor, h: torch.Tensor, W_dec: torch.Tensor,
-               dead: torch.Tensor, mse: torch.Tensor) -> torch.Tensor:
+               dead: torch.Tensor, mse: torch.Tensor, mean: Callable | None = None) -> torch.Tensor:
     """Ghost gradients (Jermyn & Templeton 2024) for the dead features of one level.
 
     Dead features, with exp(pre-activation) as their activation, are asked to explain the
     residual x - x_hat, scaled to half its norm; the loss is rescaled to the size of the
-    level's MSE so it neither dominates nor vanishes.
+    level's MSE so it neither dominates nor vanishes. `mean` averages detached statistics
+    over data-parallel ranks, so the rescaling is that of the global batch.
     """
     resid = (x - x_hat).detach()
     idx = dead.nonzero().squeeze(1)
-    out = torch.exp(h[:, idx].clamp(max=30.0)) @ W_dec[idx]
+    out = (torch.exp(h[:, idx].clamp(max=30.0)) @ W_dec[idx]).to(resid.dtype)
     scale = (resid.norm(dim=1, keepdim=True) / (2 * out.norm(dim=1, keepdim=True).clamp_min(1e-8))).detach()
     g = (out * scale - resid).square().sum(1).mean()
-    return g * (mse.detach() / g.detach().clamp_min(1e-12))
+    stats = torch.stack([mse.detach(), g.detach()])
+    if mean is not None:
+        stats = mean(stats)
+    return g * (stats[0] / stats[1].clamp_min(1e-12))
+
+
+def encode_level(lv, x: torch.Tensor, bandwidth: float):
+    """(pre-activations, activations, batch-mean L0, support) of one level, all in the weights' dtype.
+
+    The dense, fixed-shape part of the loss: what `hsae train --compile` compiles.
+    """
+    h = lv.pre(x).to(lv.W_enc.dtype)
+    return (h, *jumprelu_l0(h, lv.threshold, bandwidth))
 
 
 def hsae_loss(
@@ -61,20 +75,25 @@ def hsae_loss(
     swap: list[torch.Tensor | None] | None = None,
     dead: list[torch.Tensor | None] | None = None,
     bandwidth: float = 1e-3,
+    mean: Callable | None = None,
+    encode: Callable = encode_level,
 ) -> LossOutput:
     """The fast HSAE loss on a batch x [B, d].
 
     swap[l] (l < L-1): bool [n_l] of parents swapped this step (None: no swap).
     dead[l]: bool [n_l] of features that get ghost gradients (None: none).
     rho = 0 with no swaps trains the levels independently (the post-hoc baseline).
+    mean: averages a detached tensor over data-parallel ranks (None: one process).
+    encode: encode_level, or a compiled version of it.
+    Under bf16 autocast the products run in bf16; their outputs are cast back to the
+    weights' dtype, so thresholds, L0 and every loss term are computed in full precision.
     """
     L = len(model.levels)
     swap = swap or [None] * L
     dead = dead or [None] * L
     hs, acts, l0s_t, supports = [], [], [], []
     for lv in model.levels:
-        h = lv.pre(x)
-        a, l0, support = jumprelu_l0(h, lv.threshold, bandwidth)
+        h, a, l0, support = encode(lv, x, bandwidth)
         hs.append(h)
         acts.append(a)
         l0s_t.append(l0)
@@ -89,19 +108,20 @@ def hsae_loss(
         if C is not None and C.numel():
             # Swapped parents (only those with children, PAPER.md section 3) are masked out of
             # their level's decode; their children's outputs are added in their place.
-            keep = torch.ones(lv.n, dtype=x.dtype)
+            keep = torch.ones(lv.n, dtype=x.dtype, device=x.device)
             keep[model.parent(l + 1)[C]] = 0
             child = model.levels[l + 1]
             x_t = lv.decode(acts[l] * keep) + acts[l + 1].index_select(1, C) @ child.W_dec.index_select(0, C)
         else:
             x_t = lv.decode(acts[l])
+        x_t = x_t.to(x.dtype)
         mse = (x_t - x).square().sum(1).mean()
         l0 = l0s_t[l]
         total = total + mse + lambdas[l] * l0
         mses.append(mse.item())
         l0s.append(l0.item())
         if dead[l] is not None and bool(dead[l].any()):
-            g = ghost_loss(x, x_t, hs[l], lv.W_dec, dead[l], mse)
+            g = ghost_loss(x, x_t, hs[l], lv.W_dec, dead[l], mse, mean)
             total = total + g
             ghosts.append(g.item())
         else:

@@ -3,50 +3,110 @@
 Everything random in a step (batch, swap mask) is a function of (seed, step), and all other
 state is in the checkpoint, so a run killed at any point and resumed ends bit-identical to
 an uninterrupted one.
+
+Data parallel (torchrun): every rank takes its slice of the same global batch, gradients are
+averaged by DDP, and every statistic the run steers by (L0 for the controller, firing counts
+for ghost grads, co-activation counts for the forest) is reduced over ranks, so every rank
+takes the same decisions and the run equals a one-process run with the same global batch (up
+to float summation order). Firing and co-activation statistics are linear in the data, so
+each rank keeps its own part and they are summed when needed (window close, hierarchy update,
+checkpoint). The checkpoint holds global state only, so it resumes on any world size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from ..config import TrainConfig, UserError
-from ..data.batches import BatchStream
+from ..data.batches import BatchStream, Prefetcher
 from ..data.store import Store, atomic_write, publish
 from ..model import HSAE, CoActivation, hsae_loss, update_forest
+from ..model.loss import encode_level
 from ..rundir import CHECKPOINT, CONFIG, LOG, MODEL, save_model
 from .controller import L0Controller
+from .dist import Dist, resolve_dtype
 from .schedule import lr_at
+
+# Batches kept ready ahead of the training step: a few (the window read-ahead absorbs slow
+# reads), and no more than this many bytes; more would only compete with training for CPU.
+PREFETCH_BATCHES, PREFETCH_BYTES = 4, 64 << 20
+
+
+class _Loss(nn.Module):
+    """hsae_loss as a module, so DDP can wrap it.
+
+    compile=True compiles each level's dense encode (matmul + JumpReLU + L0, fixed shapes);
+    the rest of the loss has data-dependent shapes (active children, swapped parents) that
+    would make torch.compile recompile every step.
+    """
+
+    def __init__(self, model: HSAE, compile: bool = False):
+        super().__init__()
+        self.model = model
+        self.encode = torch.compile(encode_level, dynamic=False) if compile else encode_level
+
+    def forward(self, x, lambdas, rho, swap, dead, bandwidth, mean):
+        return hsae_loss(self.model, x, lambdas, rho, swap, dead, bandwidth, mean, self.encode)
 
 
 class Trainer:
     """Owns the model, optimiser, controller and statistics of one run directory."""
 
-    def __init__(self, cfg: TrainConfig, store: Store, out: str | Path):
+    def __init__(self, cfg: TrainConfig, store: Store, out: str | Path, dist: Dist | None = None,
+                 dtype: str = "float32", compile: bool = False):
         self.cfg, self.store, self.out = cfg, store, Path(out)
+        self.dist = dist or Dist("cpu")
+        dev = self.device = self.dist.device
+        if cfg.batch_size % self.dist.world:
+            raise UserError(f"--batch-size {cfg.batch_size} must be a multiple of the {self.dist.world} processes")
+        self.autocast = resolve_dtype(dtype)
         self.train_rows, _ = store.split(cfg.holdout)
         self.stream = BatchStream(store, self.train_rows, cfg.batch_size, cfg.seed)
-        self.model = HSAE(store.d, cfg.levels, cfg.threshold_init, seed=cfg.seed)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.0, 0.995))
+        part = cfg.batch_size // self.dist.world
+        depth = min(PREFETCH_BATCHES, PREFETCH_BYTES // (part * store.d * 4))
+        self.batches = Prefetcher(self.stream, self.dist.rank * part, (self.dist.rank + 1) * part, depth,
+                                  pin=dev.type == "cuda")
+        # Built on the CPU from the seed, then moved: the same initial weights on every device.
+        self.model = HSAE(store.d, cfg.levels, cfg.threshold_init, seed=cfg.seed).to(dev)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.0, 0.995), fused=dev.type == "cuda")
         self.ctrl = L0Controller(cfg.l0_targets, cfg.lambda_init, cfg.lambda_gain, cfg.l0_ema, cfg.l0_rate)
         # Firing counts over the current window of dead_period steps, and the dead mask from
         # the last complete window (features that fired far less than their level's average).
-        self.fires = [torch.zeros(n, dtype=torch.long) for n in cfg.levels]
-        self.dead = [torch.zeros(n, dtype=torch.bool) for n in cfg.levels]
-        self.coact = ([CoActivation(a, b) for a, b in zip(cfg.levels, cfg.levels[1:])]
+        self.fires = [torch.zeros(n, dtype=torch.long, device=dev) for n in cfg.levels]
+        self.dead = [torch.zeros(n, dtype=torch.bool, device=dev) for n in cfg.levels]
+        self.coact = ([CoActivation(a, b, device=dev) for a, b in zip(cfg.levels, cfg.levels[1:])]
                       if cfg.similarity == "coactivation" else None)
+        self.loss: nn.Module = _Loss(self.model, compile)
+        if self.dist.world > 1:
+            self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[dev] if dev.type == "cuda" else None)
         self.step = 0
         self.assigned = False  # has the forest been assigned at least once
         self._stop_signal: int | None = None
 
     # ---- state -------------------------------------------------------------------------
+    def _partials(self) -> list[torch.Tensor]:
+        """The statistics each rank holds a part of (their sum over ranks is the global value)."""
+        return self.fires + [t for c in self.coact or [] for t in (c.both, c.child)]
+
+    def _gather_partials(self) -> None:
+        """Sum the partial statistics into rank 0, zero them elsewhere (every rank must call it)."""
+        if self.dist.world == 1:
+            return
+        for t in self._partials():
+            self.dist.sum_(t)
+            if not self.dist.main:
+                t.zero_()
+
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly where this step left off."""
+        """Everything needed to continue exactly where this step left off (call _gather_partials first)."""
         return {
             "step": self.step, "assigned": self.assigned, "model": self.model.state_dict(),
             "opt": self.opt.state_dict(), "ctrl": self.ctrl.state_dict(), "fires": self.fires, "dead": self.dead,
@@ -54,18 +114,25 @@ class Trainer:
         }
 
     def load_state_dict(self, s: dict) -> None:
-        """Restore from state_dict()."""
+        """Restore from state_dict() (written on any device and world size)."""
+        dev = self.device
         self.step, self.assigned = s["step"], s["assigned"]
         self.model.load_state_dict(s["model"])
-        self.opt.load_state_dict(s["opt"])
+        self.opt.load_state_dict(s["opt"])  # moves the moments to the parameters' device
         self.ctrl.load_state_dict(s["ctrl"])
-        self.fires, self.dead = s["fires"], s["dead"]
+        self.fires, self.dead = [t.to(dev) for t in s["fires"]], [t.to(dev) for t in s["dead"]]
         if self.coact:
             for c, cs in zip(self.coact, s["coact"]):
                 c.load_state_dict(cs)
+        if not self.dist.main:  # rank 0 holds the global sums; the others start their parts at 0
+            for t in self._partials():
+                t.zero_()
 
     def save_checkpoint(self) -> None:
-        """Write checkpoint.pt atomically."""
+        """Write checkpoint.pt atomically (rank 0; every rank must call it)."""
+        self._gather_partials()
+        if not self.dist.main:
+            return
         tmp = self.out / (CHECKPOINT + ".tmp")
         torch.save(self.state_dict(), tmp)
         publish(tmp, self.out / CHECKPOINT)
@@ -73,15 +140,16 @@ class Trainer:
     def _resume_or_start(self) -> None:
         ck = self.out / CHECKPOINT
         if ck.is_file():
-            self.load_state_dict(torch.load(ck, weights_only=False))
+            self.load_state_dict(torch.load(ck, map_location="cpu", weights_only=False))
             # Drop log lines written after the checkpoint; they will be written again.
             log = self.out / LOG
-            if log.is_file():
+            if log.is_file() and self.dist.main:
                 keep = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < self.step]
                 atomic_write(log, "".join(ln + "\n" for ln in keep).encode())
         else:
-            (self.out / LOG).unlink(missing_ok=True)
-            self._data_init(self.stream.batch(0))
+            if self.dist.main:
+                (self.out / LOG).unlink(missing_ok=True)
+            self._data_init(self.stream.batch(0).to(self.device))
 
     @torch.no_grad()
     def _data_init(self, x: torch.Tensor) -> None:
@@ -94,8 +162,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.baseline or cfg.swap <= 0 or not self.assigned:
             return [None] * len(cfg.levels)
-        g = torch.Generator().manual_seed((cfg.seed << 32) + self.step)
-        return [torch.rand(n, generator=g) < cfg.swap for n in cfg.levels[:-1]] + [None]
+        g = torch.Generator().manual_seed((cfg.seed << 32) + self.step)  # on the CPU: the same on every device
+        return [(torch.rand(n, generator=g) < cfg.swap).to(self.device) for n in cfg.levels[:-1]] + [None]
 
     def train_step(self) -> dict:
         """One optimiser step; returns the log record."""
@@ -103,44 +171,65 @@ class Trainer:
         lr = lr_at(self.step, cfg.steps, cfg.lr, cfg.warmup)
         for grp in self.opt.param_groups:
             grp["lr"] = lr
-        x = self.stream.batch(self.step)
+        x = self.batches.get(self.step).to(self.device, non_blocking=True)
         dead = list(self.dead)  # this step's masks; a window closing below replaces them
         rho = 0.0 if cfg.baseline else cfg.rho
-        out = hsae_loss(m, x, self.ctrl.lambdas, rho, self._swap_masks(), dead, cfg.bandwidth)
+        mean = self.dist.mean if self.dist.world > 1 else None
+        with self._autocast():
+            out = self.loss(x, self.ctrl.lambdas, rho, self._swap_masks(), dead, cfg.bandwidth, mean)
         self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        out.loss.backward()  # DDP averages the gradients over ranks here
         m.remove_parallel_grad()
         self.opt.step()
         m.normalize_decoder()
 
+        # Every rank's statistics are of its slice: average them (equal slices) before use.
+        L = len(cfg.levels)
+        stats = torch.tensor([out.loss.item(), *out.mse, *out.l0, *out.constraint, *out.ghost], dtype=torch.float64,
+                             device=self.device if self.dist.world > 1 else "cpu")  # nccl reduces on the GPU
+        stats = self.dist.mean(stats).tolist()
+        loss, mse, l0 = stats[0], stats[1:1 + L], stats[1 + L:1 + 2 * L]
+        cons, ghost = stats[1 + 2 * L:1 + 2 * L + len(out.constraint)], stats[1 + 2 * L + len(out.constraint):]
         for l, act in enumerate(out.active):
             self.fires[l] += act.sum(0)
         if (self.step + 1) % cfg.dead_period == 0:
             self._update_dead()
         if self.coact:
             for c, a, b in zip(self.coact, out.active, out.active[1:]):
-                c.update(a, b)
+                c.update(a, b, rows=cfg.batch_size)
         lambdas = list(self.ctrl.lambdas)
-        self.ctrl.update(out.l0)
+        self.ctrl.update(l0)
         self.step += 1
         if not cfg.baseline and self.step % cfg.update_period == 0 and not (cfg.tree == "fixed" and self.assigned):
             self.assign()
-        return {"step": self.step - 1, "lr": lr, "loss": out.loss.item(), "mse": out.mse, "l0": out.l0,
-                "lambda": lambdas, "constraint": out.constraint, "ghost": out.ghost,
+        return {"step": self.step - 1, "lr": lr, "loss": loss, "mse": mse, "l0": l0,
+                "lambda": lambdas, "constraint": cons, "ghost": ghost,
                 "dead": [int(d.sum()) for d in dead]}
+
+    def _autocast(self):
+        """bf16 autocast for the loss's products, or nothing for float32."""
+        if self.autocast == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     def _update_dead(self) -> None:
         """Close a window: features that fired < dead_fraction of their level's mean rate are dead."""
         cfg = self.cfg
         for l, (n, t) in enumerate(zip(cfg.levels, cfg.l0_targets)):
             expected = t / n * cfg.dead_period * cfg.batch_size
-            self.dead[l] = self.fires[l] < max(1.0, cfg.dead_fraction * expected)
+            self.dead[l] = self.dist.sum_(self.fires[l]) < max(1.0, cfg.dead_fraction * expected)
             self.fires[l].zero_()
 
     def assign(self) -> None:
-        """Hierarchy update with the configured similarity and tree shape."""
+        """Hierarchy update with the configured similarity and tree shape (the same on every rank)."""
+        parts = [t for c in self.coact or [] for t in (c.both, c.child)] if self.dist.world > 1 else []
+        for t in parts:  # every rank assigns from the global co-activation statistics...
+            self.dist.sum_(t)
         tree = "partial" if self.cfg.tree == "fixed" else self.cfg.tree
         update_forest(self.model, self.cfg.similarity, tree, self.cfg.orphan_quantile, self.coact)
+        if not self.dist.main:
+            for t in parts:  # ...then rank 0 keeps them and the other parts restart at 0
+                t.zero_()
         self.assigned = True
 
     # ---- the loop ----------------------------------------------------------------------
@@ -149,41 +238,47 @@ class Trainer:
 
     def run(self, progress: bool = True) -> int:
         """Train to cfg.steps (resuming if a checkpoint exists). Returns 0, or 128+signal if stopped."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.out / CONFIG, self.cfg.to_json().encode())
+        main = self.dist.main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.out / CONFIG, self.cfg.to_json().encode())
+        self.dist.barrier()
         self._resume_or_start()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, unit="step",
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not (progress and main), unit="step",
                    dynamic_ncols=True, mininterval=1.0)
         try:
-            with open(self.out / LOG, "a") as log:
+            with open(self.out / LOG, "a") if main else contextlib.nullcontext() as log:
                 while self.step < self.cfg.steps:
                     t0 = time.perf_counter()
                     rec = self.train_step()
                     rec["seconds"] = time.perf_counter() - t0
-                    if rec["step"] % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                    if main and (rec["step"] % self.cfg.log_every == 0 or self.step == self.cfg.steps):
                         log.write(json.dumps(rec) + "\n")
                         log.flush()
                         bar.set_postfix_str("L0 " + "/".join(f"{v:.1f}" for v in rec["l0"])
                                             + " mse " + "/".join(f"{v:.2f}" for v in rec["mse"]))
                     bar.update(1)
-                    if self._stop_signal is not None:
-                        log.flush()
+                    # torchrun signals every rank, not necessarily between the same two steps
+                    if self.dist.any(self._stop_signal is not None):
                         self.save_checkpoint()
                         bar.close()
-                        tqdm.write(f"stopped at step {self.step}; checkpoint saved, rerun the same command to resume")
-                        return 128 + self._stop_signal
+                        if main:
+                            tqdm.write(f"stopped at step {self.step}; checkpoint saved, rerun the same command to resume")
+                        return 128 + (self._stop_signal or signal.SIGTERM)
                     if self.step % self.cfg.checkpoint_every == 0 and self.step < self.cfg.steps:
-                        log.flush()
                         self.save_checkpoint()
         finally:
             bar.close()
+            self.batches.close()
             for s, h in old.items():
                 signal.signal(s, h)
         if self.cfg.baseline:
             self.assign()  # post-hoc: the forest is assigned once, after training
-        save_model(self.model, self.out / MODEL, self.store.scale)
-        (self.out / CHECKPOINT).unlink(missing_ok=True)
+        if main:
+            save_model(self.model, self.out / MODEL, self.store.scale)
+            (self.out / CHECKPOINT).unlink(missing_ok=True)
+        self.dist.barrier()
         return 0
 
 
@@ -199,9 +294,16 @@ def check_resumable(cfg: TrainConfig, out: Path) -> str | None:
     return "done" if (out / MODEL).is_file() else None
 
 
-def train(cfg: TrainConfig, acts: str | Path, out: str | Path, progress: bool = True) -> int:
-    """Validate inputs, then train (or resume, or report an already finished run)."""
+def train(cfg: TrainConfig, acts: str | Path, out: str | Path, progress: bool = True, device: str = "auto",
+          dtype: str = "float32", compile: bool = False) -> int:
+    """Validate inputs, then train (or resume, or report an already finished run).
+
+    device, dtype (the autocast dtype of the products) and compile are not part of the run's
+    identity: a run may be resumed on another device, in another precision or world size.
+    Under torchrun every process calls this; they form one data-parallel group.
+    """
     cfg.validate()
+    resolve_dtype(dtype)
     store = Store(acts)
     if cfg.d and cfg.d != store.d:
         raise UserError(f"config says d={cfg.d} but {acts} has d={store.d}")
@@ -216,4 +318,8 @@ def train(cfg: TrainConfig, acts: str | Path, out: str | Path, progress: bool = 
     if check_resumable(cfg, out) == "done":
         print(f"{out}: already finished; delete it to train again")
         return 0
-    return Trainer(cfg, store, out).run(progress)
+    dist = Dist(device)
+    try:
+        return Trainer(cfg, store, out, dist, dtype, compile).run(progress)
+    finally:
+        dist.close()

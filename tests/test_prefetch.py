@@ -1,0 +1,51 @@
+"""The prefetching batch stream returns exactly the plain stream's batches, windows read ahead."""
+
+import numpy as np
+import pytest
+import torch
+
+import hsae.data.batches as batches_mod
+from hsae.config import UserError
+from hsae.data import BatchStream, Store, StoreWriter
+from hsae.data.batches import Prefetcher
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setattr(batches_mod, "BLOCK_ROWS", 64)
+    monkeypatch.setattr(batches_mod, "WINDOW_BYTES", 64 * 5 * 4 * 3)  # 3 blocks per window
+    rng = np.random.default_rng(0)
+    w = StoreWriter(tmp_path / "s", 5)
+    for r in (700, 500, 300):
+        w.write(rng.standard_normal((r, 5)).astype(np.float32))
+    w.finish()
+    return Store(tmp_path / "s")
+
+
+def test_prefetched_batches_equal_the_stream(store):
+    rows = range(0, 1300)
+    plain = BatchStream(store, rows, 100, seed=3)
+    fast = Prefetcher(BatchStream(store, rows, 100, seed=3), lo=25, hi=75, depth=3)
+    ahead = []
+    try:
+        # three epochs (every window boundary), then a jump back (the thread restarts there)
+        for step in [*range(40), 5, 6, 30]:
+            assert torch.equal(fast.get(step), plain.batch(step)[25:75]), step
+            ahead.append(fast.stream._ahead is not None)
+    finally:
+        fast.close()
+    assert any(ahead)  # the next window was being read while this one was in use
+
+
+def test_a_corrupt_shard_is_raised_by_get(store, tmp_path):
+    f = tmp_path / "s" / "shard_00001.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[-8:] = b"\0" * 8  # same size, wrong content: only the checksum notices
+    f.write_bytes(bytes(raw))
+    fast = Prefetcher(BatchStream(Store(tmp_path / "s"), range(0, 1300), 100, seed=3))
+    try:
+        with pytest.raises(UserError, match="shard_00001"):
+            for step in range(13):
+                fast.get(step)
+    finally:
+        fast.close()
