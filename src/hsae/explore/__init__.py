@@ -1,0 +1,1 @@
+"""Forest explorer: per-feature contexts (`contexts`) and the offline HTML browser (`browse`)."""
