@@ -160,6 +160,20 @@ class Store:
             return np.zeros((0, self.d), np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
 
+    def read_extra(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Per-row metadata (a collected store has 'tokens', 'doc', 'pos') of rows [start, stop)."""
+        out = []
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        while start < stop:
+            end = min(stop, int(self.offsets[i + 1]))
+            f = self._files[i]
+            if isinstance(f, np.ndarray) or key not in f.keys():
+                raise UserError(f"{self.path}: rows carry no {key!r} (only collected stores have token metadata)")
+            self.verify(i)
+            out.append(f.get_slice(key)[start - int(self.offsets[i]):end - int(self.offsets[i])])
+            start, i = end, i + 1
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
     def batch(self, start: int, stop: int) -> torch.Tensor:
         """Normalised rows [start, stop) as a float32 tensor."""
         return torch.from_numpy(self.read(start, stop)).mul_(self.scale)

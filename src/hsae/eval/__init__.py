@@ -14,8 +14,12 @@ from .recovery import tree_recovery
 __all__ = ["evaluate", "tree_recovery", "evaluate_run"]
 
 
-def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: int = 4096) -> dict:
-    """Metrics of a finished run on the held-out rows of its store (plus tree recovery if known)."""
+def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: int = 4096, splice: bool = False,
+                 absorption: bool = False, splice_contexts: int = 64, progress: bool = False) -> dict:
+    """Metrics of a finished run on the held-out rows of its store (plus tree recovery if known).
+
+    splice: add the model's CE loss recovered and KL per level (eval/splice.py);
+    absorption: add SAEBench first-letter absorption per level (eval/absorption.py)."""
     cfg, model, _ = load_run(run)
     acts = acts or cfg.acts
     store = Store(acts)
@@ -26,4 +30,19 @@ def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: in
     out = {"run": str(run), "acts": str(acts), "baseline": cfg.baseline, **evaluate(model, batches)}
     if store.truth_path is not None and store.truth_path.is_file():
         out["tree_recovery"] = tree_recovery(model, load_truth(store.truth_path))
+    if splice:
+        from .splice import splice_store
+
+        sp = splice_store(store, rows, model, splice_contexts, progress)
+        for lv, s in zip(out["levels"], sp.pop("levels")):
+            lv.update(s)
+        out["splice"] = sp
+    if absorption:
+        from .absorption import absorption_store
+
+        ab = absorption_store(store, model)
+        for lv, a in zip(out["levels"], ab.pop("levels")):
+            lv.update({k: a[k] for k in ("absorption_rate", "mean_absorption_fraction")})
+            lv["absorption_letters"] = a["letters"]
+        out["absorption"] = ab
     return out

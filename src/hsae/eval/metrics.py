@@ -10,6 +10,7 @@ Definitions, used identically for every model:
 - p_parent_given_child / p_child_given_parent: per assigned pair, co-firing count over the
   conditioning feature's firing count; mean over the pairs whose conditioning feature fires
   at least once on the held-out rows.
+- children_per_parent[l-1][k]: number of level-(l-1) features with exactly k children (k >= 1).
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from typing import Iterable
 import torch
 
 from ..model import HSAE
+
+
+HIST_BINS = 20
+
+
+def _hist(v: torch.Tensor) -> list[int]:
+    """Counts of v in HIST_BINS equal bins of [0, 1]."""
+    return torch.histc(v.float(), bins=HIST_BINS, min=0.0, max=1.0).long().tolist() if v.numel() else [0] * HIST_BINS
 
 
 @torch.no_grad()
@@ -73,6 +82,9 @@ def evaluate(model: HSAE, batches: Iterable[torch.Tensor]) -> dict:
         pairs_pc.append((b / fc)[fc > 0])
         pairs_cp.append((b / fp)[fp > 0])
     pc, cp = torch.cat(pairs_pc), torch.cat(pairs_cp)
+    # children per parent (parents with >= 1 child), per parent level: the forest's shape
+    children = [torch.bincount(model.parent(l)[model.parent(l) >= 0], minlength=model.sizes[l - 1])
+                for l in range(1, L)]
     return {
         "n_rows": n_rows,
         "levels": levels,
@@ -84,5 +96,9 @@ def evaluate(model: HSAE, batches: Iterable[torch.Tensor]) -> dict:
             "p_parent_given_child": float(pc.mean()) if pc.numel() else float("nan"),
             "p_child_given_parent": float(cp.mean()) if cp.numel() else float("nan"),
             "n_pairs": n_pairs,
+            # distributions over pairs, for plots: counts in HIST_BINS equal bins of [0, 1]
+            "p_parent_given_child_hist": _hist(pc),
+            "p_child_given_parent_hist": _hist(cp),
+            "children_per_parent": [torch.bincount(c[c > 0]).tolist() for c in children],
         },
     }

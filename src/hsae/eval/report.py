@@ -47,3 +47,63 @@ def comparison_table(evals: dict[str, dict], paper: bool = True) -> str:
 def name_of(path: str | Path, ev: dict) -> str:
     """A short row name for an eval file: its run directory's name."""
     return Path(ev.get("run", path)).name
+
+
+def _level_tables(evals: dict[str, dict]) -> list[str]:
+    """Per-level splice and absorption tables (only the runs and columns that have them)."""
+    out = []
+    sp = {n: ev for n, ev in evals.items() if "splice" in ev}
+    if sp:
+        out += ["| model | level | features | CE clean | CE spliced | CE zero-abl. | CE loss recovered | KL |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {n} | {i} | {lv['n_features']} | {lv['ce_clean']:.3f} | {lv['ce_spliced']:.3f} | "
+                f"{lv['ce_zero_ablation']:.3f} | {lv['ce_loss_recovered']:.3f} | {lv['kl']:.3f} |"
+                for n, ev in sp.items() for i, lv in enumerate(ev["levels"])]
+        out.append("")
+    ab = {n: ev for n, ev in evals.items() if "absorption" in ev}
+    if ab:
+        out += ["| model | level | features | full-absorption rate | mean absorption fraction | letters kept / skipped |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {n} | {i} | {lv['n_features']} | {lv['absorption_rate']:.4f} | {lv['mean_absorption_fraction']:.4f} | "
+                f"{ev['absorption']['letters_kept']} / {ev['absorption']['letters_skipped']} |"
+                for n, ev in ab.items() for i, lv in enumerate(ev["levels"])]
+        out.append("")
+    return out
+
+
+def write_report(runs: list[str | Path], out: str | Path) -> Path:
+    """report.md plus PNG plots in `out` for finished, evaluated runs (RUN/eval.json); returns report.md."""
+    import json
+
+    from ..config import UserError
+    from ..rundir import read_log
+    from . import figures
+
+    out = Path(out)
+    evals, logs = {}, {}
+    for r in runs:
+        p = Path(r) / "eval.json"
+        if not p.is_file():
+            raise UserError(f"{r}: no eval.json; run `hsae eval {r} --json {p}` first")
+        ev = json.loads(p.read_text())
+        name = Path(r).name
+        evals[name], logs[name] = ev, read_log(r)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [
+        ("Per-level reconstruction", figures.levels_plot(evals, out / "levels.png")),
+        ("Training: L0 and lambda per level", figures.training_plot(logs, out / "training.png")),
+        ("Hierarchy metrics", figures.hierarchy_plot(evals, out / "hierarchy.png")),
+        ("Children per parent", figures.children_plot(evals, out / "children.png")),
+        ("P(p|c) and P(c|p) over pairs", figures.pairs_plot(evals, out / "pairs.png")),
+        ("Absorption per level", figures.absorption_plot(evals, out / "absorption.png")),
+    ]
+    lines = ["# hsae report", "", "Runs: " + ", ".join(f"`{r}`" for r in runs) + ". Held-out rows of each run's store; "
+             "definitions in `hsae/eval/metrics.py`, `splice.py`, `absorption.py`.", "",
+             comparison_table(evals), ""]
+    lines += _level_tables(evals)
+    for title, png in plots:
+        if png is not None:
+            lines += [f"## {title}", "", f"![{title}]({png.name})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,137 @@
+"""Report plots (matplotlib, Agg: no display needed). Every number comes from eval JSON files
+and training logs; each function writes one PNG and returns its path, or None if no run has
+the data it needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .metrics import HIST_BINS  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def levels_plot(evals: dict[str, dict], path: Path) -> Path:
+    """Variance explained (and CE loss recovered, when spliced) vs level size, one line per run."""
+    spliced = any("ce_loss_recovered" in lv for ev in evals.values() for lv in ev["levels"])
+    fig, axes = plt.subplots(1, 2 if spliced else 1, figsize=(10 if spliced else 5.5, 4), squeeze=False)
+    keys = [("var_explained", "variance explained")] + ([("ce_loss_recovered", "CE loss recovered")] if spliced else [])
+    for ax, (key, label) in zip(axes[0], keys):
+        for name, ev in evals.items():
+            pts = [(lv["n_features"], lv[key]) for lv in ev["levels"] if key in lv]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("features in level")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def training_plot(logs: dict[str, list[dict]], path: Path) -> Path | None:
+    """L0 and lambda of every level during training: one column per run."""
+    logs = {n: lg for n, lg in logs.items() if lg}
+    if not logs:
+        return None
+    fig, axes = plt.subplots(2, len(logs), figsize=(4.5 * len(logs), 6), squeeze=False, sharex="col")
+    for j, (name, log) in enumerate(logs.items()):
+        steps = [r["step"] for r in log]
+        for row, key in enumerate(("l0", "lambda")):
+            ax = axes[row][j]
+            for l in range(len(log[0][key])):
+                ax.plot(steps, [r[key][l] for r in log], label=f"level {l}", lw=1)
+            ax.set_ylabel(key if key == "l0" else "lambda (sparsity weight)")
+            ax.set_yscale("log" if key == "lambda" else "linear")
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(name, fontsize=10)
+                ax.legend(fontsize=7)
+            else:
+                ax.set_xlabel("step")
+    return _save(fig, path)
+
+
+def hierarchy_plot(evals: dict[str, dict], path: Path) -> Path:
+    """Hamming, P(p|c) and P(c|p) of every run side by side."""
+    keys = [("hamming", "Hamming (lower is better)"), ("p_parent_given_child", "P(parent | child)"),
+            ("p_child_given_parent", "P(child | parent)")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    names = list(evals)
+    for ax, (key, label) in zip(axes, keys):
+        vals = [evals[n]["hierarchy"][key] for n in names]
+        bars = ax.bar(range(len(names)), vals, color=[f"C{i}" for i in range(len(names))])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=10)
+    return _save(fig, path)
+
+
+def children_plot(evals: dict[str, dict], path: Path) -> Path | None:
+    """Histogram of children per parent (all parent levels together), one bar series per run."""
+    counts = {}
+    for name, ev in evals.items():
+        per = ev["hierarchy"].get("children_per_parent")
+        if per:
+            total = [0] * max(len(c) for c in per)
+            for c in per:
+                for k, v in enumerate(c):
+                    total[k] += v
+            counts[name] = total
+    if not counts:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / len(counts)
+    for i, (name, c) in enumerate(counts.items()):
+        ks = [k for k in range(1, len(c)) if c[k]]
+        ax.bar([k + (i - (len(counts) - 1) / 2) * width for k in ks], [c[k] for k in ks], width, label=name)
+    ax.set_xlabel("children per parent (parents with at least one child)")
+    ax.set_ylabel("parents")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def pairs_plot(evals: dict[str, dict], path: Path) -> Path | None:
+    """Distribution of P(p|c) and P(c|p) over the assigned pairs, one step line per run."""
+    have = {n: ev["hierarchy"] for n, ev in evals.items() if "p_parent_given_child_hist" in ev["hierarchy"]}
+    if not have:
+        return None
+    edges = [i / HIST_BINS for i in range(HIST_BINS + 1)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in zip(axes, ("p_parent_given_child_hist", "p_child_given_parent_hist"), ("P(p|c)", "P(c|p)")):
+        for name, h in have.items():
+            c = h[key]
+            tot = max(1, sum(c))
+            ax.stairs([v / tot for v in c], edges, label=name, lw=1.5)
+        ax.set_xlabel(f"{label} of a pair (held-out rows)")
+        ax.set_ylabel("fraction of pairs")
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def absorption_plot(evals: dict[str, dict], path: Path) -> Path | None:
+    """Absorption rate and mean absorption fraction per level, one line per run."""
+    have = {n: ev for n, ev in evals.items() if "absorption" in ev}
+    if not have:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in zip(axes, ("absorption_rate", "mean_absorption_fraction"),
+                              ("full-absorption rate", "mean absorption fraction")):
+        for name, ev in have.items():
+            ax.plot([lv["n_features"] for lv in ev["levels"]], [lv[key] for lv in ev["levels"]], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("features in level")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
