@@ -11,31 +11,13 @@ import torch
 
 from hsae.cli import main
 from hsae.data import Store
-
-WORDS = ("the cat sat on a mat while dogs ran in parks and birds sang over quiet hills "
-         "time flies like an arrow fruit flies like a banana today tonight tomorrow").split()
+from tiny import build_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 2-block Llama with a word-level tokenizer, saved like any Hugging Face model."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    docs = [" ".join(rng.choice(WORDS, size=rng.integers(5, 60))) for _ in range(400)]
-    (root / "corpus.txt").write_text("\n\n".join(docs))
-    tk = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.train_from_iterator(docs, trainers.WordLevelTrainer(special_tokens=["[UNK]", "<s>", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="[UNK]")
-    cfg = LlamaConfig(vocab_size=tk.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(root / "model")
-    fast.save_pretrained(root / "model")
-    return root
+    return build_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 def _collect(tiny, out, *extra):

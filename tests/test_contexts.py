@@ -7,29 +7,14 @@ import pytest
 import torch
 
 from hsae.cli import main
+from tiny import build_tiny
 
-WORDS = ("the cat sat on a mat while dogs ran in parks and birds sang over quiet hills "
-         "time flies like an arrow fruit flies like a banana today tonight tomorrow").split()
 CTX = 16  # tokens per context: 15 stored rows each
 
 
 def build_tiny_run(root):
     """A tiny Llama + word tokenizer, a store collected from it and a 3-level HSAE trained on it."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    rng = np.random.default_rng(0)
-    docs = [" ".join(rng.choice(WORDS, size=rng.integers(5, 60))) for _ in range(300)]
-    (root / "corpus.txt").write_text("\n\n".join(docs))
-    tk = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.train_from_iterator(docs, trainers.WordLevelTrainer(special_tokens=["[UNK]", "<s>", "</s>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="[UNK]")
-    cfg = LlamaConfig(vocab_size=tk.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(root / "model")
-    fast.save_pretrained(root / "model")
+    build_tiny(root, docs=300)
     assert main(["collect", "--model", str(root / "model"), "--layer", "1", "--corpus", str(root / "corpus.txt"),
                  "--out", str(root / "acts"), "--ctx", str(CTX), "--tokens", "1500", "--shard-rows", "150",
                  "--dtype", "float32", "--quiet"]) == 0

@@ -39,8 +39,8 @@ def levels_plot(evals: dict[str, dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def training_plot(logs: dict[str, list[dict]], path: Path) -> Path | None:
-    """L0 and lambda of every level during training: one column per run."""
+def training_plot(logs: dict[str, list[dict]], path: Path, targets: dict[str, list[float]] | None = None) -> Path | None:
+    """L0 (with its target, dashed) and lambda of every level during training: one column per run."""
     logs = {n: lg for n, lg in logs.items() if lg}
     if not logs:
         return None
@@ -50,9 +50,11 @@ def training_plot(logs: dict[str, list[dict]], path: Path) -> Path | None:
         for row, key in enumerate(("l0", "lambda")):
             ax = axes[row][j]
             for l in range(len(log[0][key])):
-                ax.plot(steps, [r[key][l] for r in log], label=f"level {l}", lw=1)
-            ax.set_ylabel(key if key == "l0" else "lambda (sparsity weight)")
-            ax.set_yscale("log" if key == "lambda" else "linear")
+                ax.plot(steps, [r[key][l] for r in log], label=f"level {l}", lw=1, color=f"C{l}")
+                if key == "l0" and targets and name in targets:
+                    ax.axhline(targets[name][l], color=f"C{l}", ls="--", lw=0.8)
+            ax.set_ylabel("L0 (dashed: target)" if key == "l0" else "lambda (sparsity weight)")
+            ax.set_yscale("log")
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(name, fontsize=10)

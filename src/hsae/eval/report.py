@@ -41,7 +41,8 @@ def comparison_table(evals: dict[str, dict], paper: bool = True) -> str:
     for n, lv in levels.items():
         lines += [f"| {n} | {i} | {v['n_features']} | {v['l0']:.2f} | {v['var_explained']:.3f} | {v['dead_fraction']:.3f} |"
                   for i, v in enumerate(lv)]
-    return "\n".join(lines)
+    extra = _level_tables(evals)
+    return "\n".join(lines + ([""] + extra if extra else [])).rstrip()
 
 
 def name_of(path: str | Path, ev: dict) -> str:
@@ -75,12 +76,12 @@ def write_report(runs: list[str | Path], out: str | Path) -> Path:
     """report.md plus PNG plots in `out` for finished, evaluated runs (RUN/eval.json); returns report.md."""
     import json
 
-    from ..config import UserError
+    from ..config import TrainConfig, UserError
     from ..rundir import read_log
     from . import figures
 
     out = Path(out)
-    evals, logs = {}, {}
+    evals, logs, targets = {}, {}, {}
     for r in runs:
         p = Path(r) / "eval.json"
         if not p.is_file():
@@ -88,10 +89,12 @@ def write_report(runs: list[str | Path], out: str | Path) -> Path:
         ev = json.loads(p.read_text())
         name = Path(r).name
         evals[name], logs[name] = ev, read_log(r)
+        if (Path(r) / "config.json").is_file():
+            targets[name] = TrainConfig.load(Path(r) / "config.json").l0_targets
     out.mkdir(parents=True, exist_ok=True)
     plots = [
         ("Per-level reconstruction", figures.levels_plot(evals, out / "levels.png")),
-        ("Training: L0 and lambda per level", figures.training_plot(logs, out / "training.png")),
+        ("Training: L0 and lambda per level", figures.training_plot(logs, out / "training.png", targets)),
         ("Hierarchy metrics", figures.hierarchy_plot(evals, out / "hierarchy.png")),
         ("Children per parent", figures.children_plot(evals, out / "children.png")),
         ("P(p|c) and P(c|p) over pairs", figures.pairs_plot(evals, out / "pairs.png")),
@@ -100,7 +103,6 @@ def write_report(runs: list[str | Path], out: str | Path) -> Path:
     lines = ["# hsae report", "", "Runs: " + ", ".join(f"`{r}`" for r in runs) + ". Held-out rows of each run's store; "
              "definitions in `hsae/eval/metrics.py`, `splice.py`, `absorption.py`.", "",
              comparison_table(evals), ""]
-    lines += _level_tables(evals)
     for title, png in plots:
         if png is not None:
             lines += [f"## {title}", "", f"![{title}]({png.name})", ""]
