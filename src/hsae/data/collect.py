@@ -102,6 +102,8 @@ def collect(model: str, layer: int, corpus: str, tokens: int, out: str | Path, c
     """Write a store of ~`tokens` activation rows; resumes an unfinished one in `out`.
 
     batch_size 0: 16 contexts on the CPU, tuned to the GPU's memory on CUDA.
+    device: auto (cuda when available), cpu or cuda; GPU and CPU collections agree to
+    rounding, not bit for bit.
     repair=True first keeps only the shards before the first one that fails its checksum, so
     the same command re-collects the rest (collection is deterministic).
     """
@@ -196,7 +198,7 @@ def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int,
         rows = _shard_rows(lm, layer, buf, batch_size, w.d, bar)
         if pending is not None:
             pending.result()  # raises the writer's error, if any
-        return writer.submit(_write, w, *rows)
+        return writer.submit(_write, w, ctx - 1, *rows)
 
     try:
         for i, c in enumerate(contexts):
@@ -240,7 +242,9 @@ def _shard_rows(lm, layer: int, contexts: list, batch_size: int, d: int, bar) ->
     return np.concatenate(acts), np.concatenate(toks), np.concatenate(docs), np.concatenate(pos)
 
 
-def _write(w: StoreWriter, x: np.ndarray, toks: np.ndarray, docs: np.ndarray, pos: np.ndarray) -> None:
-    """Write one shard, non-finite rows dropped (the writer thread's job)."""
+def _write(w: StoreWriter, per: int, x: np.ndarray, toks: np.ndarray, docs: np.ndarray, pos: np.ndarray) -> None:
+    """Write one shard (the writer thread's job). A context with any non-finite row is dropped
+    whole, so every shard holds whole contexts of `per` rows (readers rebuild contexts from that)."""
     ok = np.isfinite(x.astype(w.dtype)).all(1)  # includes overflow of the store's dtype
+    ok = np.repeat(ok.reshape(-1, per).all(1), per)
     w.write(x[ok], tokens=toks[ok].astype(np.int64), doc=docs[ok].astype(np.int64), pos=pos[ok].astype(np.int64))

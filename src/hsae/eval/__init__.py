@@ -15,7 +15,7 @@ __all__ = ["evaluate", "tree_recovery", "evaluate_run"]
 
 
 def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: int = 4096, splice: bool = False,
-                 absorption: bool = False, splice_contexts: int = 64, progress: bool = False) -> dict:
+                 absorption: bool = False, splice_contexts: int = 16, progress: bool = False) -> dict:
     """Metrics of a finished run on the held-out rows of its store (plus tree recovery if known).
 
     splice: add the model's CE loss recovered and KL per level (eval/splice.py);

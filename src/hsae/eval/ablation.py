@@ -48,7 +48,8 @@ def run_ablation(base: TrainConfig, acts: str | Path, out: str | Path, variants:
     for name in variants or list(VARIANTS):
         run = out / name
         ev_path = run / "eval.json"
-        if not ev_path.is_file():
+        have = json.loads(ev_path.read_text()) if ev_path.is_file() else None
+        if have is None or any(eval_kw.get(k) and k not in have for k in ("splice", "absorption")):
             rc = train(variant_config(base, name), acts, run, progress=progress)
             if rc:  # stopped by a signal: the checkpoint is saved, a rerun resumes here
                 raise SystemExit(rc)

@@ -7,8 +7,8 @@ Definitions (ours follow SAEBench's constants; everything is on the model's own 
 - Probe: a 26-way logistic regression on those activations; letters whose test F1 < 0.6 (or
   with < 10 test words) are skipped and counted. p_L = unit vector of letter L's probe row.
 - Main features of letter L at a level (k-sparse probing, "feature splitting"): rank features
-  by mean activation on L-words minus on other words; add them one at a time (k <= 5) while a
-  logistic probe on the k activations gains > 0.03 test F1.
+  by mean activation on L-words minus on other words; add them one at a time (k <= 10) while a
+  class-balanced logistic probe on the k activations gains > 0.03 test F1.
 - For each test word of L that the probe gets right (true positive), with activations a,
   decoder rows w (unit), cos_f = w_f . p_L and projections q_f = a_f cos_f, total P = x . p_L:
   * absorption fraction: 0 if sum_main q >= P or the top-3 other features with cos >= 0.1 and
@@ -18,6 +18,9 @@ Definitions (ours follow SAEBench's constants; everything is on the model's own 
     P > 0, and that feature alone projects >= 0.4 P (it is the absorbing feature).
 - Per level: mean over kept letters of (mean absorption fraction over true positives) and of
   (full-absorption rate over true positives).
+Where we differ from SAEBench: features are ranked by the mean-activation gap (SAEBench: the
+weights of an L1-regularised probe); a true positive is the 26-way probe's argmax (SAEBench:
+the letter's probe score > 0); words are read after our PREFIX, not SAEBench's ICL prompt.
 """
 
 from __future__ import annotations
@@ -30,16 +33,16 @@ from ..model import HSAE
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 PREFIX = "Spell each word's first letter.\n house: H\n tree: T\n garden: G\n"
-MIN_F1, F1_JUMP, MAX_K = 0.6, 0.03, 5
+MIN_F1, F1_JUMP, MAX_K = 0.6, 0.03, 10
 COS_FRACTION, COS_FULL, PROJ_SHARE, MAX_ABSORBERS = 0.1, 0.025, 0.4, 3
 
 
 def letter_words(tok, limit: int = 6000, seed: int = 0) -> tuple[list[int], list[str]]:
     """(token ids, words) of single-token words ' abc...' in the vocabulary, at most `limit`."""
     ids, words = [], []
-    for i in range(len(tok)):
-        s = tok.decode([i])
-        if len(s) >= 3 and s[0] == " " and s[1:].isascii() and s[1:].isalpha():
+    for i, s in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
+        # a word-initial piece: byte-level BPE marks the space with 'Ġ', SentencePiece with '▁'
+        if isinstance(s, str) and len(s) >= 3 and s[0] in "Ġ▁" and s[1:].isascii() and s[1:].isalpha():
             ids.append(i)
             words.append(s[1:])
     if len(ids) > limit:
@@ -78,15 +81,18 @@ def _f1(pred: torch.Tensor, true: torch.Tensor) -> float:
 
 
 def _fit_binary(a: torch.Tensor, y: torch.Tensor, iters: int = 15, ridge: float = 1e-3) -> torch.Tensor:
-    """Logistic regression on a few columns by Newton's method (IRLS); weights [k + 1], bias last."""
+    """Class-balanced logistic regression on a few columns by Newton's method (IRLS); weights
+    [k + 1], bias last. Balanced like SAEBench's probe: a letter is ~4% of the words."""
     z = torch.cat([a.double(), torch.ones(len(a), 1, dtype=torch.float64)], 1)
     t = y.double()
+    n_pos = max(1.0, float(t.sum()))
+    c = torch.where(y, (len(t) - n_pos) / n_pos, 1.0).double()  # per-sample weight
     w = torch.zeros(z.shape[1], dtype=torch.float64)
     eye = ridge * torch.eye(z.shape[1], dtype=torch.float64)
     for _ in range(iters):
         p = torch.sigmoid(z @ w)
-        h = z.t() @ (z * (p * (1 - p)).unsqueeze(1)) + eye
-        w = w - torch.linalg.solve(h, z.t() @ (p - t) + ridge * w)
+        h = z.t() @ (z * (c * p * (1 - p)).unsqueeze(1)) + eye
+        w = w - torch.linalg.solve(h, z.t() @ (c * (p - t)) + ridge * w)
     return w
 
 

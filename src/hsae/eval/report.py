@@ -87,7 +87,8 @@ def write_report(runs: list[str | Path], out: str | Path) -> Path:
         if not p.is_file():
             raise UserError(f"{r}: no eval.json; run `hsae eval {r} --json {p}` first")
         ev = json.loads(p.read_text())
-        name = Path(r).name
+        # the run directory's name, or its whole path where two runs share a name
+        name = Path(r).name if [Path(x).name for x in runs].count(Path(r).name) == 1 else str(r)
         evals[name], logs[name] = ev, read_log(r)
         if (Path(r) / "config.json").is_file():
             targets[name] = TrainConfig.load(Path(r) / "config.json").l0_targets

@@ -35,9 +35,11 @@ def cached_lm(spec: str):
 def held_out_contexts(store: Store, rows: range, bos: int, ctx: int, limit: int) -> tuple[torch.Tensor, list[int]]:
     """Up to `limit` whole contexts [N, ctx] (BOS + stored tokens) inside `rows`, and their first rows.
 
-    A collected shard holds whole contexts of ctx-1 rows; shards whose row count says rows were
-    dropped (non-finite activations) are skipped, since their contexts no longer line up.
+    A collected shard holds whole contexts of ctx-1 rows (the collector drops a context with a
+    non-finite row whole); a shard whose row count says otherwise (an older store) is skipped.
     """
+    if limit < 1:
+        raise UserError("--splice-contexts must be at least 1")
     per, out, starts = ctx - 1, [], []
     for i, n in enumerate(store.shard_rows):
         o = int(store.offsets[i])
@@ -110,7 +112,7 @@ def splice_eval(lm, layer: int, model: HSAE, scale: float, contexts: torch.Tenso
     return {"ce_clean": clean_ce, "ce_zero_ablation": zero_ce, "n_predictions": n, "levels": levels}
 
 
-def splice_store(store: Store, rows: range, model: HSAE, n_contexts: int = 64, progress: bool = False) -> dict:
+def splice_store(store: Store, rows: range, model: HSAE, n_contexts: int = 16, progress: bool = False) -> dict:
     """splice_eval on the held-out contexts of a collected store, with the model that made it.
 
     Checks first that the model reproduces the stored activations, so a store from another

@@ -14,6 +14,7 @@ fires, P(c|p) = both / parent fires, co-activation count = both; decoder cosine 
 from __future__ import annotations
 
 import base64
+import html
 import json
 from importlib import resources
 from pathlib import Path
@@ -58,6 +59,10 @@ def read_explanations(run: Path) -> dict[str, str]:
         raise UserError(f"{p}: unreadable explanations ({e})") from None
     if not isinstance(d, dict):
         raise UserError(f"{p}: expected a JSON object mapping 'LEVEL:ID' to an explanation")
+    for k in d:
+        lv, _, fid = str(k).partition(":")
+        if not (lv.isdigit() and fid.isdigit()):
+            raise UserError(f"{p}: key {k!r} is not 'LEVEL:ID' (two integers, e.g. '1:42')")
     return {str(k): str(v) for k, v in d.items()}
 
 
@@ -140,12 +145,12 @@ def tree_maps(model, roots: list[np.ndarray], maps: str, seed: int) -> dict:
 def render(data: dict) -> str:
     """The HTML page with its CSS, JS and data inlined."""
     assets = resources.files(__package__) / "assets"
-    html = (assets / "page.html").read_text()
+    page = (assets / "page.html").read_text()
     # "<" escaped: token text like "</script>" or "<!--" must not end or confuse the script element
     blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
-    return (html.replace("/*CSS*/", (assets / "page.css").read_text())
+    return (page.replace("/*CSS*/", (assets / "page.css").read_text())
             .replace("/*JS*/", (assets / "page.js").read_text())
-            .replace("{{TITLE}}", f"HSAE forest: {Path(data['meta']['run']).name}")
+            .replace("{{TITLE}}", html.escape(f"HSAE forest: {Path(data['meta']['run']).name}"))
             .replace("/*DATA*/", blob))
 
 

@@ -22,7 +22,8 @@ def pca2(x: np.ndarray) -> np.ndarray:
 
 def map2(x: np.ndarray, method: str = "auto", seed: int = 0) -> np.ndarray:
     """[n, 2] coordinates of the rows of x, scaled to [0, 1]: UMAP (cosine) or PCA."""
-    if method == "umap" or (method == "auto" and len(x) >= UMAP_MIN):
+    # a handful of points has no neighbour graph to speak of: PCA whatever was asked
+    if len(x) >= 16 and (method == "umap" or (method == "auto" and len(x) >= UMAP_MIN)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # umap warns that a fixed seed disables parallelism
             import umap
