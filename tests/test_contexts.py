@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hsae.cli import main
-from tiny import build_tiny
+from tiny import build_tiny, collect_tiny, train_tiny
 
 CTX = 16  # tokens per context: 15 stored rows each
 
@@ -15,12 +15,8 @@ CTX = 16  # tokens per context: 15 stored rows each
 def build_tiny_run(root):
     """A tiny Llama + word tokenizer, a store collected from it and a 3-level HSAE trained on it."""
     build_tiny(root, docs=300)
-    assert main(["collect", "--model", str(root / "model"), "--layer", "1", "--corpus", str(root / "corpus.txt"),
-                 "--out", str(root / "acts"), "--ctx", str(CTX), "--tokens", "1500", "--shard-rows", "150",
-                 "--dtype", "float32", "--quiet"]) == 0
-    assert main(["train", "--acts", str(root / "acts"), "--out", str(root / "run"), "--levels", "8,16,32",
-                 "--l0", "3", "--steps", "60", "--batch-size", "64", "--holdout", "0.2", "--quiet"]) == 0
-    return root / "run"
+    store = collect_tiny(root, 1, 1500, "acts", "--shard-rows", "150")
+    return train_tiny(store, root / "run", "8,16,32", "3", 64, "--holdout", "0.2")
 
 
 @pytest.fixture(scope="module")

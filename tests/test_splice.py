@@ -3,22 +3,17 @@
 import pytest
 import torch
 
-from hsae.cli import main
 from hsae.data import Store
 from hsae.data.collect import load_model
 from hsae.eval.splice import held_out_contexts, splice_eval, splice_store
 from hsae.model import HSAE
-from tiny import build_tiny
+from tiny import build_tiny, collect_tiny
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = build_tiny(tmp_path_factory.mktemp("tiny"), train_steps=300)
-    store = root / "store"
-    assert main(["collect", "--model", str(root / "model"), "--layer", "0", "--corpus", str(root / "corpus.txt"),
-                 "--out", str(store), "--ctx", "16", "--tokens", "1500", "--shard-rows", "150",
-                 "--dtype", "float32", "--quiet"]) == 0
-    return root, Store(store)
+    return root, Store(collect_tiny(root, 0, 1500, "store", "--shard-rows", "150"))
 
 
 def identity_sae(d: int, scale: float) -> HSAE:

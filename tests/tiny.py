@@ -47,3 +47,23 @@ def build_tiny(root: Path, layers: int = 2, docs: int = 400, train_steps: int = 
     lm.save_pretrained(root / "model")
     fast.save_pretrained(root / "model")
     return root
+
+
+def collect_tiny(root: Path, layer: int = 0, tokens: int = 3000, out: str = "s", *extra: str) -> Path:
+    """`hsae collect` from the tiny model on its corpus (16-token contexts, float32); the store's path."""
+    from hsae.cli import main
+
+    assert main(["collect", "--model", str(root / "model"), "--layer", str(layer), "--corpus", str(root / "corpus.txt"),
+                 "--out", str(root / out), "--ctx", "16", "--tokens", str(tokens), "--dtype", "float32", "--quiet",
+                 *extra]) == 0
+    return root / out
+
+
+def train_tiny(store: Path, out: Path, levels: str = "4,8,16", l0: str = "2", batch_size: int = 128,
+               *extra: str) -> Path:
+    """A 60-step `hsae train` run on a tiny store; the run's path."""
+    from hsae.cli import main
+
+    assert main(["train", "--acts", str(store), "--out", str(out), "--levels", levels, "--l0", l0, "--steps", "60",
+                 "--batch-size", str(batch_size), "--quiet", *extra]) == 0
+    return out

@@ -46,8 +46,8 @@ def cmd_collect(a) -> int:
     from .data.collect import collect
 
     m = collect(a.model, a.layer, a.corpus, a.tokens, a.out, ctx=a.ctx, batch_size=a.batch_size, seed=a.seed,
-                dtype=a.dtype, shard_rows=a.shard_rows, progress=not a.quiet, repair=a.repair)
-    print(f"wrote {m['rows']} rows (d={m['d']}) to {a.out}; {m['dropped_nonfinite']} non-finite rows dropped")
+                dtype=a.dtype, shard_rows=a.shard_rows, progress=not a.quiet, repair=a.repair, device=a.device)
+    print(f"wrote {m['rows']} rows (d={m['d']}) to {a.out}; {m['dropped_nonfinite']} rows dropped (contexts with non-finite activations)")
     return 0
 
 
@@ -70,32 +70,67 @@ TRAIN_FLAGS = {
 }
 
 
-def cmd_train(a) -> int:
-    """Train an HSAE (or the post-hoc baseline), resuming an unfinished run in --out."""
-    from .train import train
+def _write(path: Path, text: str) -> None:
+    """Write a text file atomically (readers never see half of it)."""
+    from .data.store import atomic_write
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, text.encode())
+
+
+def _train_config(a) -> TrainConfig:
+    """--config (or the defaults) with the TRAIN_FLAGS given on the command line applied."""
     cfg = TrainConfig.load(a.config) if a.config else TrainConfig()
     for flag, (name, _, _) in TRAIN_FLAGS.items():
         v = getattr(a, name)
         if v is not None:
             setattr(cfg, name, v)
+    return cfg
+
+
+def cmd_train(a) -> int:
+    """Train an HSAE (or the post-hoc baseline), resuming an unfinished run in --out."""
+    from .train import train
+
+    cfg = _train_config(a)
     if a.baseline:
         cfg.baseline = True
-    return train(cfg, a.acts, a.out, progress=not a.quiet)
+    return train(cfg, a.acts, a.out, progress=not a.quiet, device=a.device, dtype=a.dtype, compile=a.compile)
 
 
 def cmd_eval(a) -> int:
     """Evaluate a finished run on held-out activations."""
     from .eval import evaluate_run
-
-    ev = evaluate_run(a.run, a.acts)
-    text = json.dumps(ev, indent=2)
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(text + "\n")
     from .eval.report import comparison_table
 
+    ev = evaluate_run(a.run, a.acts, splice=a.splice, absorption=a.absorption, splice_contexts=a.splice_contexts,
+                      progress=not a.quiet)
+    if a.json:
+        _write(Path(a.json), json.dumps(ev, indent=2) + "\n")
     print(comparison_table({Path(a.run).name: ev}, paper=False))
+    return 0
+
+
+def cmd_ablate(a) -> int:
+    """Train and evaluate the paper's ablation set on one store and seed; print the table."""
+    from .eval.ablation import VARIANTS, ablation_table, run_ablation
+
+    bad = [v for v in a.variants if v not in VARIANTS]
+    if bad:
+        raise UserError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+    evals = run_ablation(_train_config(a), a.acts, a.out, a.variants, progress=not a.quiet, splice=a.splice,
+                         absorption=a.absorption, splice_contexts=a.splice_contexts)
+    table = ablation_table(evals)
+    _write(Path(a.out) / "ablation.md", table + "\n")
+    print(table)
+    return 0
+
+
+def cmd_report(a) -> int:
+    """Write a Markdown report with plots for evaluated runs."""
+    from .eval.report import write_report
+
+    print(f"report: {write_report(a.runs, a.out)}")
     return 0
 
 
@@ -112,6 +147,83 @@ def cmd_compare(a) -> int:
         evals[name_of(p, ev)] = ev
     print(comparison_table(evals, paper=not a.no_paper))
     return 0
+
+
+def cmd_export(a) -> int:
+    """Export a run for other tools (SAELens directories per level, or Neuronpedia JSON)."""
+    from .interop.commands import run_export
+
+    return run_export(a)
+
+
+def cmd_import_saelens(a) -> int:
+    """Build a run with a post-hoc forest from existing SAELens JumpReLU SAEs."""
+    from .interop.commands import run_import
+
+    return run_import(a)
+
+
+def cmd_steer(a) -> int:
+    """Generate with a feature, its parent and its children added at the layer, side by side."""
+    from .interop.commands import run_steer
+
+    return run_steer(a)
+
+
+def cmd_judge(a) -> int:
+    """LLM judge of sampled parent-child pairs (PAPER.md section 5) on one or more runs."""
+    from .interop.commands import run_judge
+
+    return run_judge(a)
+
+
+def cmd_explain(a) -> int:
+    """One-line LLM explanation per feature, into RUN/explanations.json."""
+    from .interop.commands import run_explain
+
+    return run_explain(a)
+
+
+def _llm_flags(s) -> None:
+    """Flags shared by judge and explain: which chat model answers, and how it is called."""
+    s.add_argument("--local", action="store_true", help="answer with a local model through transformers (offline)")
+    s.add_argument("--local-model", default="smollm2", help="with --local: 'smollm2' (embedded) or a local HF chat model dir")
+    s.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1 (default: $OPENAI_BASE_URL)")
+    s.add_argument("--api-model", help="model name to request from the endpoint")
+    s.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (endpoint only)")
+    s.add_argument("--retries", type=int, default=5, help="retries with exponential backoff on 429/5xx/connection errors")
+    s.add_argument("--cache", help="response cache directory (default: ~/.cache/hsae/llm)")
+    s.add_argument("--no-cache", action="store_true", help="do not read or write the response cache")
+    s.add_argument("--window", type=int, default=0, help="tokens kept each side of the activating one (0: the whole stored window)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_contexts(a) -> int:
+    """Scan a run's activations once and write RUN/contexts.safetensors (examples, stats, logit lens)."""
+    from .explore.contexts import FILE, build_contexts
+
+    info = build_contexts(a.run, a.acts, k=a.k, all_rows=a.all_rows, before=a.before, after=a.after, seed=a.seed,
+                          model=a.model, promote=a.promote, chunk=a.chunk, progress=not a.quiet)
+    n = info["rows"][1] - info["rows"][0]
+    print(f"wrote {Path(a.run) / FILE}: {n} {info['row_mode']} rows scanned in {info['scan_seconds']:.1f} s")
+    return 0
+
+
+def cmd_browse(a) -> int:
+    """Write the run's forest as one self-contained offline HTML page."""
+    from .explore.browse import browse
+
+    out = browse(a.run, a.out, maps=a.maps, seed=a.seed, progress=not a.quiet)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); open it in a browser")
+    return 0
+
+
+def _eval_flags(p) -> None:
+    """Flags shared by `eval` and `ablate`."""
+    p.add_argument("--splice", action="store_true", help="also run the model with each level spliced in: CE loss recovered, KL")
+    p.add_argument("--splice-contexts", type=int, default=16, help="held-out contexts for --splice")
+    p.add_argument("--absorption", action="store_true", help="also measure first-letter feature absorption (SAEBench)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--tokens", type=int, default=1_000_000, help="activation rows to collect")
     k.add_argument("--out", required=True, help="store directory (rerun to resume an unfinished one)")
     k.add_argument("--ctx", type=int, default=128, help="tokens per context")
-    k.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass")
+    k.add_argument("--batch-size", type=int, default=0,
+                   help="contexts per forward pass (0: 16 on the CPU, tuned to the GPU's memory on CUDA)")
+    k.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs (auto: cuda if available)")
     k.add_argument("--seed", type=int, default=0, help="document order seed")
     k.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored activation dtype")
     k.add_argument("--shard-rows", type=int, default=65536, help="about this many rows per shard")
@@ -151,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="config.json to start from (flags override its fields)")
     t.add_argument("--baseline", action="store_true", help="post-hoc baseline: independent levels, forest assigned at the end")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Not part of the run's identity: a run may resume on another device, precision or world size.
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (auto: cuda if available)")
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="precision of the matrix products (bfloat16: autocast; weights and loss terms stay float32)")
+    t.add_argument("--compile", action="store_true", help="compile each level's dense encode (matmul + JumpReLU + L0) with torch.compile")
     for flag, (name, typ, hlp) in TRAIN_FLAGS.items():
         t.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
     t.set_defaults(fn=cmd_train)
@@ -159,12 +278,98 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run directory")
     e.add_argument("--acts", help="activation store (default: the one it was trained on)")
     e.add_argument("--json", help="write the metrics JSON here")
+    _eval_flags(e)
     e.set_defaults(fn=cmd_eval)
+
+    b = sub.add_parser("ablate", help="train and evaluate the paper's ablation set (resumable) and print its table")
+    b.add_argument("--acts", required=True, help="activation store directory")
+    b.add_argument("--out", required=True, help="directory of the ablation's runs (rerun to resume; finished runs are skipped)")
+    b.add_argument("--config", help="config.json to start from (flags override its fields)")
+    b.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v],
+                   default="hsae,no-constraint,no-perturbation,fixed-tree,full-tree,binary-tree,post-hoc",
+                   help="comma-separated subset of the variants (default: all seven)")
+    for flag, (name, typ, hlp) in TRAIN_FLAGS.items():
+        b.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
+    _eval_flags(b)
+    b.set_defaults(fn=cmd_ablate)
+
+    r = sub.add_parser("report", help="Markdown report with PNG plots of evaluated runs")
+    r.add_argument("runs", nargs="+", help="run directories, each with an eval.json")
+    r.add_argument("--out", required=True, help="directory for report.md and the plots")
+    r.set_defaults(fn=cmd_report)
 
     c = sub.add_parser("compare", help="table of several eval JSON files beside the paper's numbers")
     c.add_argument("evals", nargs="+", help="eval JSON files")
     c.add_argument("--no-paper", action="store_true", help="leave out the paper's rows")
     c.set_defaults(fn=cmd_compare)
+    x = sub.add_parser("export", help="export a run as SAELens SAEs (one per level) or Neuronpedia JSON")
+    x.add_argument("run", help="run directory")
+    x.add_argument("--format", required=True, choices=["saelens", "neuronpedia"], help="output format")
+    x.add_argument("--out", required=True, help="output directory")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(fn=cmd_export)
+
+    im = sub.add_parser("import-saelens", help="build a run with a post-hoc forest from SAELens JumpReLU SAEs")
+    im.add_argument("dirs", nargs="+", help="SAELens SAE directories (cfg.json + sae_weights.safetensors), one hook point")
+    im.add_argument("--acts", required=True, help="activation store of that hook point (normalisation scale, eval rows)")
+    im.add_argument("--out", required=True, help="run directory to write")
+    im.add_argument("--similarity", default="encoder", choices=["encoder", "decoder"], help="parent similarity")
+    im.add_argument("--tree", default="partial", choices=["partial", "full", "binary"], help="tree shape")
+    im.add_argument("--orphan-quantile", type=float, default=0.2, help="partial tree: bottom fraction of children left without parent")
+    im.set_defaults(fn=cmd_import_saelens)
+
+    st = sub.add_parser("steer", help="generate with a feature / its parent / its children added at the layer")
+    st.add_argument("run", help="run directory")
+    st.add_argument("--feature", required=True, help="LEVEL:ID of the feature, e.g. 1:42")
+    st.add_argument("--strength", type=float, required=True, help="activation added, in the run's (normalised) units")
+    st.add_argument("--prompt", required=True, help="text to continue")
+    st.add_argument("--model", help="'smollm2' or a local HF causal LM dir (default: the one the store names)")
+    st.add_argument("--layer", type=int, help="block whose output is steered (default: the store's layer)")
+    st.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate per variant")
+    st.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every variant")
+    st.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    st.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    st.add_argument("--columns", type=int, default=3, help="variants side by side per block")
+    st.add_argument("--json", help="also write the continuations here")
+    st.add_argument("--quiet", action="store_true", help="no progress bar")
+    st.set_defaults(fn=cmd_steer)
+
+    j = sub.add_parser("judge", help="LLM judge of sampled parent-child pairs: Yes rate per run")
+    j.add_argument("runs", nargs="+", help="run directories with contexts (`hsae contexts`), e.g. HSAE and post-hoc")
+    j.add_argument("--pairs", type=int, default=200, help="parent-child pairs sampled per run")
+    j.add_argument("--seed", type=int, default=0, help="pair sampling seed")
+    j.add_argument("--json", help="write the summary and every raw answer here")
+    _llm_flags(j)
+    j.set_defaults(fn=cmd_judge)
+
+    ex = sub.add_parser("explain", help="one-line LLM explanation per feature into RUN/explanations.json")
+    ex.add_argument("run", help="run directory with contexts (`hsae contexts`)")
+    ex.add_argument("--levels", type=_ints, help="levels to explain (default: all)")
+    ex.add_argument("--max-per-level", type=int, default=0, help="explain at most this many features per level (0: all)")
+    ex.add_argument("--out", help="explanations file (default: RUN/explanations.json; existing entries are kept)")
+    _llm_flags(ex)
+    ex.set_defaults(fn=cmd_explain)
+    x = sub.add_parser("contexts", help="per-feature contexts, statistics and promoted tokens of a run")
+    x.add_argument("run", help="run directory (writes RUN/contexts.safetensors)")
+    x.add_argument("--acts", help="activation store (default: the one it was trained on); needs per-row tokens")
+    x.add_argument("--k", type=int, default=20, help="top and sampled examples kept per feature")
+    x.add_argument("--all-rows", action="store_true", help="scan every row of the store, not only the held-out tail")
+    x.add_argument("--before", type=int, default=12, help="tokens shown before the activating one")
+    x.add_argument("--after", type=int, default=4, help="tokens shown after the activating one")
+    x.add_argument("--seed", type=int, default=0, help="seed of the activation-weighted sampling")
+    x.add_argument("--model", help="language model for tokens and logit lens (default: the store's source model)")
+    x.add_argument("--promote", type=int, default=10, help="promoted tokens kept per feature")
+    x.add_argument("--chunk", type=int, default=2048, help="rows encoded at a time (memory ~ chunk x features)")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(fn=cmd_contexts)
+
+    w = sub.add_parser("browse", help="offline HTML browser of a run's forest (needs `hsae contexts` first)")
+    w.add_argument("run", help="run directory with contexts.safetensors")
+    w.add_argument("--out", required=True, help="HTML file to write")
+    w.add_argument("--maps", default="auto", choices=["auto", "umap", "pca"], help="2-D maps: UMAP, PCA, or auto (PCA below 200 points)")
+    w.add_argument("--seed", type=int, default=0, help="UMAP seed")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.set_defaults(fn=cmd_browse)
     return p
 
 

@@ -21,11 +21,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def levels_plot(evals: dict[str, dict], path: Path) -> Path:
-    """Variance explained (and CE loss recovered, when spliced) vs level size, one line per run."""
-    spliced = any("ce_loss_recovered" in lv for ev in evals.values() for lv in ev["levels"])
-    fig, axes = plt.subplots(1, 2 if spliced else 1, figsize=(10 if spliced else 5.5, 4), squeeze=False)
-    keys = [("var_explained", "variance explained")] + ([("ce_loss_recovered", "CE loss recovered")] if spliced else [])
+def _per_level(evals: dict[str, dict], keys: list[tuple[str, str]], path: Path) -> Path:
+    """One panel per (key, label): the level entries' key vs level size, one line per run."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys) + 0.5, 4), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys):
         for name, ev in evals.items():
             pts = [(lv["n_features"], lv[key]) for lv in ev["levels"] if key in lv]
@@ -37,6 +35,13 @@ def levels_plot(evals: dict[str, dict], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def levels_plot(evals: dict[str, dict], path: Path) -> Path:
+    """Variance explained (and CE loss recovered, when spliced) vs level size, one line per run."""
+    spliced = any("ce_loss_recovered" in lv for ev in evals.values() for lv in ev["levels"])
+    return _per_level(evals, [("var_explained", "variance explained")]
+                      + ([("ce_loss_recovered", "CE loss recovered")] if spliced else []), path)
 
 
 def training_plot(logs: dict[str, list[dict]], path: Path, targets: dict[str, list[float]] | None = None) -> Path | None:
@@ -126,14 +131,5 @@ def absorption_plot(evals: dict[str, dict], path: Path) -> Path | None:
     have = {n: ev for n, ev in evals.items() if "absorption" in ev}
     if not have:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, label in zip(axes, ("absorption_rate", "mean_absorption_fraction"),
-                              ("full-absorption rate", "mean absorption fraction")):
-        for name, ev in have.items():
-            ax.plot([lv["n_features"] for lv in ev["levels"]], [lv[key] for lv in ev["levels"]], marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("features in level")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _per_level(have, [("absorption_rate", "full-absorption rate"),
+                             ("mean_absorption_fraction", "mean absorption fraction")], path)

@@ -1,0 +1,1 @@
+"""Interop with other tools: SAELens and Neuronpedia export/import, the LLM judge, steering."""
