@@ -7,7 +7,7 @@ RUNS    ?= runs
 
 CORPUS_PKGS := python3-doc wordnet-base fortunes
 
-.PHONY: demo demo-synth demo-real corpus test bench clean
+.PHONY: demo demo-synth demo-real corpus chromium test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,20 +37,32 @@ corpus:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CORPUS_PKGS); \
 	else echo "cannot install $(CORPUS_PKGS) (needs root and apt-get): collect with --corpus PATH instead"; exit 1; fi
 
-# SmolLM2-135M layer 15 on ~200k tokens: HSAE vs post-hoc, 4 levels, L0 20. Reuses finished steps.
+# SmolLM2-135M layer 15 on ~200k tokens: HSAE vs post-hoc, 4 levels, L0 20, evaluated (splice, absorption),
+# explored (forest.html) and reported (runs/report/report.md). Reuses finished steps.
 demo-real: $(STAMP) corpus
 	test -f $(RUNS)/acts/manifest.json || $(BIN)/hsae collect --model smollm2 --layer 15 --corpus mix --tokens 200000 --out $(RUNS)/acts
 	$(BIN)/hsae train --acts $(RUNS)/acts --levels 256,512,1024,2048 --l0 20 --steps 1000 --out $(RUNS)/smollm2-hsae
 	$(BIN)/hsae train --acts $(RUNS)/acts --levels 256,512,1024,2048 --l0 20 --steps 1000 --out $(RUNS)/smollm2-posthoc --baseline
-	$(BIN)/hsae eval $(RUNS)/smollm2-hsae --json $(RUNS)/smollm2-hsae/eval.json > /dev/null
-	$(BIN)/hsae eval $(RUNS)/smollm2-posthoc --json $(RUNS)/smollm2-posthoc/eval.json > /dev/null
+	$(BIN)/hsae eval $(RUNS)/smollm2-hsae --splice --absorption --quiet --json $(RUNS)/smollm2-hsae/eval.json > /dev/null
+	$(BIN)/hsae eval $(RUNS)/smollm2-posthoc --splice --absorption --quiet --json $(RUNS)/smollm2-posthoc/eval.json > /dev/null
 	$(BIN)/hsae compare $(RUNS)/smollm2-hsae/eval.json $(RUNS)/smollm2-posthoc/eval.json
+	test -f $(RUNS)/smollm2-hsae/contexts.safetensors || $(BIN)/hsae contexts $(RUNS)/smollm2-hsae --quiet
+	$(BIN)/hsae browse $(RUNS)/smollm2-hsae --out $(RUNS)/smollm2-hsae/forest.html
+	$(BIN)/hsae report $(RUNS)/smollm2-hsae $(RUNS)/smollm2-posthoc --out $(RUNS)/report
 
-test: $(STAMP)
+# A real browser for tests/test_browse.py; where it cannot be installed those tests skip, saying why.
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+	  || echo "apt-get could not install chromium chromium-driver: the browser tests will skip"; \
+	else echo "cannot install chromium chromium-driver (needs root and apt-get): the browser tests will skip"; fi
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/step.py
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(RUNS) $(VENV)
