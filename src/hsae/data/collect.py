@@ -245,6 +245,7 @@ def _shard_rows(lm, layer: int, contexts: list, batch_size: int, d: int, bar) ->
 def _write(w: StoreWriter, per: int, x: np.ndarray, toks: np.ndarray, docs: np.ndarray, pos: np.ndarray) -> None:
     """Write one shard (the writer thread's job). A context with any non-finite row is dropped
     whole, so every shard holds whole contexts of `per` rows (readers rebuild contexts from that)."""
-    ok = np.isfinite(x.astype(w.dtype)).all(1)  # includes overflow of the store's dtype
+    with np.errstate(over="ignore"):  # overflow of the store's dtype is what this looks for
+        ok = np.isfinite(x.astype(w.dtype)).all(1)
     ok = np.repeat(ok.reshape(-1, per).all(1), per)
     w.write(x[ok], tokens=toks[ok].astype(np.int64), doc=docs[ok].astype(np.int64), pos=pos[ok].astype(np.int64))
