@@ -97,11 +97,20 @@ def children_plot(evals: dict[str, dict], path: Path) -> Path | None:
             counts[name] = total
     if not counts:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    # power-of-two bins (1, 2, 3-4, 5-8, ...): a few hub parents collect hundreds of children
+    top = max(len(c) for c in counts.values()) - 1
+    los = [1, 2]
+    while los[-1] <= top:
+        los.append(2 * los[-1] - 1)
+    bins = list(zip(los, los[1:]))  # [1], [2], [3, 4], [5, 8], ...
+    labels = [str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in bins]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     width = 0.8 / len(counts)
     for i, (name, c) in enumerate(counts.items()):
-        ks = [k for k in range(1, len(c)) if c[k]]
-        ax.bar([k + (i - (len(counts) - 1) / 2) * width for k in ks], [c[k] for k in ks], width, label=name)
+        ys = [sum(c[lo:hi]) for lo, hi in bins]
+        ax.bar([j + (i - (len(counts) - 1) / 2) * width for j in range(len(bins))], ys, width, label=name)
+    ax.set_xticks(range(len(bins)), labels, fontsize=8)
+    ax.set_yscale("log")
     ax.set_xlabel("children per parent (parents with at least one child)")
     ax.set_ylabel("parents")
     ax.legend(fontsize=8)
