@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import UserError
-from ..data.collect import decoder_layers, load_model
+from ..data.collect import decoder_layers, load_model, residual
 from ..data.store import Store
 from ..model import HSAE
 
@@ -125,8 +125,6 @@ def splice_store(store: Store, rows: range, model: HSAE, n_contexts: int = 16, p
     if tok.bos_token_id is None:
         raise UserError(f"{src['model']}: --splice needs a tokenizer with a BOS token to rebuild the contexts")
     contexts, starts = held_out_contexts(store, rows, tok.bos_token_id, int(src["ctx"]), n_contexts)
-    from ..data.collect import residual
-
     got = residual(lm, int(src["layer"]), contexts[:1])[0, 1:].float()
     want = torch.from_numpy(store.read(starts[0], starts[0] + contexts.shape[1] - 1))
     err = float((got - want).norm() / want.norm())

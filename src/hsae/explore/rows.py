@@ -1,14 +1,14 @@
 """Per-row text of an activation store: token ids and the id of the context each row came from.
 
-The collector (data/collect.py) stores, next to `acts`, per-row `tokens`, `doc` and `pos`, and
-writes each shard as whole contexts of ctx - 1 rows (position 0 is dropped). A row's window of
+The collector (data/collect.py) stores, next to `acts`, per-row `tokens`, `doc` and `pos`
+(read with `Store.read_extra`), and writes each shard as whole contexts of ctx - 1 rows
+(position 0 is dropped). A row's window of
 neighbouring tokens must stay inside its own context: the model never saw the others.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from safetensors import safe_open
 
 from ..config import UserError
 from ..data.store import Store
@@ -24,26 +24,21 @@ def row_text(store: Store, rows: range) -> tuple[np.ndarray, np.ndarray]:
     per_ctx = int(src["ctx"]) - 1
     toks, ctxs = [], []
     next_ctx = 0
-    for i, s in enumerate(shards):
+    for i in range(len(shards)):
         a, b = int(store.offsets[i]), int(store.offsets[i + 1])
         lo, hi = max(a, rows.start), min(b, rows.stop)
         n = b - a
         if lo < hi:
-            store.verify(i)
-            with safe_open(str(store.path / s["file"]), framework="np") as f:
-                if "tokens" not in f.keys():
-                    raise UserError(f"{store.path / s['file']}: no per-row tokens; recollect the store")
-                t = f.get_slice("tokens")[lo - a:hi - a]
-                local = np.arange(lo - a, hi - a)
-                if n % per_ctx == 0:
-                    c = local // per_ctx
-                else:
-                    # Rows were dropped (non-finite): contexts no longer have a fixed length, so
-                    # start a new one wherever document or position stop being consecutive.
-                    doc = f.get_slice("doc")[:]
-                    pos = f.get_slice("pos")[:]
-                    brk = np.r_[True, (doc[1:] != doc[:-1]) | (pos[1:] != pos[:-1] + 1)]
-                    c = (np.cumsum(brk) - 1)[lo - a:hi - a]
+            t = store.read_extra("tokens", lo, hi)
+            if n % per_ctx == 0:
+                c = np.arange(lo - a, hi - a) // per_ctx
+            else:
+                # Rows were dropped (non-finite) in a store from before the collector dropped
+                # whole contexts: start a new context wherever document or position stop being
+                # consecutive.
+                doc, pos = store.read_extra("doc", a, b), store.read_extra("pos", a, b)
+                brk = np.r_[True, (doc[1:] != doc[:-1]) | (pos[1:] != pos[:-1] + 1)]
+                c = (np.cumsum(brk) - 1)[lo - a:hi - a]
             toks.append(t.astype(np.int64))
             ctxs.append(c.astype(np.int64) + next_ctx)
         next_ctx += n  # more than the shard's contexts: ids of different shards never collide
