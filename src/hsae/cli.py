@@ -25,18 +25,66 @@ def _floats(s: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
 
 
+# `hsae synth` values a --preset may set, with the defaults used when neither it nor a flag does
+SYNTH_BASE = {"d": 64, "branching": [8, 3, 3], "active": 3.0, "noise": 0.1}
+# harder-generator flags: flag -> (SynthOptions field, parser of its value, help)
+SYNTH_FLAGS = {
+    "--branching-range": ("branching_range", "range", "LO,HI: every non-leaf node gets a uniform random number of children in [LO, HI] (--branching then gives roots and depth)"),
+    "--p-no-child": ("p_no_child", float, "probability that a firing non-leaf node fires no child (default 0)"),
+    "--zipf": ("zipf", float, "root i fires with probability proportional to 1/(i+1)^S, mean --active roots (default 0: uniform)"),
+    "--child-zipf": ("child_zipf", float, "the k-th sibling is chosen with probability proportional to 1/(k+1)^S (default 0: uniform)"),
+    "--magnitude-sigma": ("magnitude_sigma", float, "log-normal firing magnitudes (mean 1) with this log-sd (default off: Uniform(0.5, 1.5))"),
+    "--root-correlation": ("root_correlation", float, "Gaussian-copula correlation C of root firings within a group (default 0: independent)"),
+    "--root-group": ("root_group", int, "roots per correlated group (default 4)"),
+}
+
+
+def _synth_value(flag: str, kind, s: str):
+    """Parse one harder-generator flag ('off' restores that option's default)."""
+    from .data.synth import SynthOptions
+
+    field = SYNTH_FLAGS[flag][0]
+    if s.strip().lower() == "off":
+        return getattr(SynthOptions(), field)
+    try:
+        if kind == "range":
+            lo, hi = (int(v) for v in s.split(","))
+            return (lo, hi)
+        return kind(s)
+    except ValueError:
+        raise UserError(f"{flag}: cannot read {s!r}" + (" (expected LO,HI)" if kind == "range" else "")) from None
+
+
+def _synth_settings(a) -> tuple[dict, dict]:
+    """(d/branching/active/noise, SynthOptions fields): defaults < --preset < explicit flags."""
+    from .data.synth import PRESETS
+
+    if a.preset is not None and a.preset not in PRESETS:
+        raise UserError(f"unknown --preset {a.preset!r}; choose from {', '.join(PRESETS)}")
+    merged = {**SYNTH_BASE, **PRESETS.get(a.preset, {})}
+    merged.update({k: getattr(a, k) for k in SYNTH_BASE if getattr(a, k) is not None})
+    for flag, (field, kind, _) in SYNTH_FLAGS.items():
+        raw = getattr(a, field)
+        if raw is not None:
+            merged[field] = _synth_value(flag, kind, raw)
+    base = {k: merged.pop(k) for k in SYNTH_BASE}
+    return base, merged
+
+
 def cmd_synth(a) -> int:
     """Write a synthetic store with a known forest."""
-    import numpy as np
     from tqdm import tqdm
 
-    from .data.synth import write_synth
+    from .data.synth import SynthOptions, write_synth
 
-    if a.d < 1 or a.tokens < 2 or not a.branching or min(a.branching) < 1:
-        raise UserError("--d, --tokens and every --branching value must be positive")
+    base, opts = _synth_settings(a)
+    if a.tokens < 2:
+        raise UserError("--tokens must be at least 2")
+    options = SynthOptions(**opts)
     with tqdm(total=a.tokens, unit="row", desc="synth", disable=a.quiet) as bar:
-        m = write_synth(a.out, a.d, a.branching, a.tokens, a.seed, a.active, a.noise, progress=bar.update)
-    sizes = [int(v) for v in np.cumprod(a.branching)]
+        m = write_synth(a.out, base["d"], base["branching"], a.tokens, a.seed, base["active"], base["noise"],
+                        progress=bar.update, options=options)
+    sizes = m["source"]["sizes"]
     print(f"wrote {m['rows']} rows (d={m['d']}) to {a.out}; truth level sizes {','.join(map(str, sizes))}")
     return 0
 
@@ -233,11 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate synthetic activations from a known forest")
     s.add_argument("--out", required=True, help="store directory to write")
-    s.add_argument("--d", type=int, default=64, help="activation dimension")
-    s.add_argument("--branching", type=_ints, default=[8, 3, 3], help="roots, then children per node, per depth")
+    s.add_argument("--preset", help="a named harder forest, every option on: hard (d 64) or hard-wide (d 128); flags override it")
+    s.add_argument("--d", type=int, help="activation dimension (default 64)")
+    s.add_argument("--branching", type=_ints, help="roots, then children per node, per depth (default 8,3,3)")
     s.add_argument("--tokens", type=int, default=200_000, help="rows to generate")
-    s.add_argument("--active", type=float, default=3.0, help="expected number of firing root-to-leaf paths per row")
-    s.add_argument("--noise", type=float, default=0.1, help="expected norm of the Gaussian noise per row")
+    s.add_argument("--active", type=float, help="expected number of firing roots (root-to-leaf paths) per row (default 3)")
+    s.add_argument("--noise", type=float, help="expected norm of the Gaussian noise per row (default 0.1)")
+    for flag, (field, _, help_) in SYNTH_FLAGS.items():
+        s.add_argument(flag, dest=field, help=help_)
     s.add_argument("--seed", type=int, default=0, help="random seed")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_synth)
