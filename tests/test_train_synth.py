@@ -75,3 +75,35 @@ def test_shuffled_labels_are_not_recovered(synth, tmp_path):
     model.set_parent(1, torch.randperm(12, generator=torch.Generator().manual_seed(0)) % 4)
     tr = tree_recovery(model, load_truth(synth / "truth.safetensors"))
     assert tr["feature_match"] > 0.95 and tr["edge_f1"] < 0.7
+
+
+def _log(run):
+    from hsae.rundir import read_log
+
+    return read_log(run)
+
+
+def test_l0_holds_within_5_percent_over_the_last_tenth(runs, tmp_path_factory):
+    """The controller holds every level's training L0 on target at the end of the run."""
+    import json
+    from pathlib import Path
+
+    for name in ("hsae", "posthoc"):
+        recs = _log(Path(runs[name]["run"]))
+        tail = [r["l0"] for r in recs if r["step"] >= 0.9 * 2000]
+        for lv in range(2):
+            mean = sum(t[lv] for t in tail) / len(tail)
+            assert abs(mean / 2.0 - 1) < 0.05, (name, lv, mean)
+
+
+def test_final_forest_is_one_the_model_trained_under(runs):
+    """The last hierarchy update leaves at least one update period of training after it, and
+    the saved forest is the one it logged."""
+    from pathlib import Path
+
+    recs = _log(Path(runs["hsae"]["run"]))
+    updates = [r for r in recs if "forest" in r]
+    period = 2000 // 10
+    assert [r["step"] + 1 for r in updates] == list(range(period, 2000 - period + 1, period))
+    assert updates[-1]["forest"][0]["edges"] == runs["hsae"]["hierarchy"]["n_pairs"]
+    assert all(0 <= r["forest"][0]["churn"] <= 1 and r["forest"][0]["max"] >= 1 for r in updates)

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model.forest import SIMILARITIES, TREES
+from .model.forest import HUBS, SIMILARITIES, TREES
 
 
 class UserError(Exception):
@@ -31,16 +31,19 @@ class TrainConfig:
     similarity: str = "encoder"  # encoder | decoder | coactivation
     tree: str = "partial"  # partial | full | binary | fixed
     orphan_quantile: float = 0.2  # partial tree: bottom fraction of children left without parent
+    hub: str = "none"  # hub-resistant ranking of parent candidates: none (the paper's argmax) | csls
     baseline: bool = False  # post-hoc baseline: independent levels, forest assigned once at the end
     seed: int = 0
     bandwidth: float = 0.2  # JumpReLU pseudo-derivative (rectangle kernel) width, in normalised units
     threshold_init: float = 0.5  # initial JumpReLU threshold (inputs have E||x|| = sqrt(d))
     lambda_init: float = 0.1  # initial sparsity weight per level
-    lambda_gain: float = 0.01  # controller: max relative change of lambda per step
-    l0_ema: float = 0.999  # controller: momentum of the L0 moving average
-    l0_rate: float = 0.001  # controller: desired dL0/step = -l0_rate * (L0 - target)
-    dead_steps: int = 1000  # window (capped at 10% of steps) over which firing is counted for ghost grads
-    dead_fraction: float = 1e-3  # dead: fired < this fraction of its level's mean rate (L0/n) in a window
+    lambda_gain: float = 0.01  # controller: max change of log lambda per step
+    l0_ema: float = 0.9  # controller: momentum of the observed-L0 moving average
+    l0_rate: float = 0.001  # controller: desired dL0/step = -rate * (L0 - target), rate >= 20/steps
+    dead_steps: int = 1000  # window (capped at 10% of steps) over which firing is counted
+    dead_fraction: float = 0.01  # dead: fired < this fraction of its level's mean rate (L0/n) in a window;
+    # dead features get ghost grads and stay out of the forest
+    resample: bool = True  # restart dead features on badly reconstructed inputs (train/resample.py)
     holdout: float = 0.05  # fraction of the store (its tail) kept for evaluation
     checkpoint_every: int = 500  # steps between checkpoints (also written on SIGINT/SIGTERM)
     log_every: int = 10  # steps between training-log lines
@@ -68,6 +71,8 @@ class TrainConfig:
             raise UserError(f"--similarity must be one of {', '.join(SIMILARITIES)}")
         if self.tree not in TREES:
             raise UserError(f"--tree must be one of {', '.join(TREES)}")
+        if self.hub not in HUBS:
+            raise UserError(f"--hub must be one of {', '.join(HUBS)}")
         checks = [
             (self.steps > 0, "--steps must be positive"),
             (0 <= self.seed < 2**31, "--seed must be in [0, 2^31)"),

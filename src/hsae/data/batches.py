@@ -30,12 +30,21 @@ def _rng(*keys: int) -> np.random.Generator:
 
 
 class BatchStream:
-    """batch(step) -> [batch_size, d] normalised float32 rows drawn from `rows` of the store."""
+    """batch(step) -> [batch_size, d] normalised float32 rows drawn from `rows` of the store.
 
-    def __init__(self, store: Store, rows: range, batch_size: int, seed: int):
-        self.store, self.rows, self.B, self.seed = store, rows, batch_size, seed
-        self.n = len(rows)
-        self.nblocks = -(-self.n // BLOCK_ROWS)
+    keep: bool [len(rows)], the rows that may be drawn (None: all); the others are skipped
+    when a window is read, so blocks and windows keep their places in the store."""
+
+    def __init__(self, store: Store, rows: range, batch_size: int, seed: int, keep: np.ndarray | None = None):
+        self.store, self.rows, self.B, self.seed, self.keep = store, rows, batch_size, seed, keep
+        self.nblocks = -(-len(rows) // BLOCK_ROWS)
+        starts = np.arange(self.nblocks) * BLOCK_ROWS
+        # rows each block contributes: its length, or its kept rows
+        self.block_sizes = (np.minimum(BLOCK_ROWS, len(rows) - starts) if keep is None
+                            else np.add.reduceat(keep.astype(np.int64), starts) if len(rows) else starts)
+        self.n = int(self.block_sizes.sum())
+        if self.n == 0:
+            raise ValueError("no rows to draw batches from")
         self.window_blocks = max(1, WINDOW_BYTES // (store.d * 4 * BLOCK_ROWS))
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         self._window_cache: tuple[tuple[int, int], torch.Tensor] | None = None
@@ -47,7 +56,7 @@ class BatchStream:
         """(block order, window start offsets within the epoch) for epoch e."""
         if self._epoch_cache is None or self._epoch_cache[0] != e:
             order = _rng(self.seed, e).permutation(self.nblocks)
-            sizes = np.minimum(BLOCK_ROWS, self.n - order * BLOCK_ROWS)
+            sizes = self.block_sizes[order]
             wsizes = np.add.reduceat(sizes, np.arange(0, self.nblocks, self.window_blocks))
             self._epoch_cache = (e, order, np.concatenate([[0], np.cumsum(wsizes)]))
         return self._epoch_cache[1], self._epoch_cache[2]
@@ -71,14 +80,16 @@ class BatchStream:
         blocks = order[w * self.window_blocks:(w + 1) * self.window_blocks]
 
         def read(b):
-            return self.store.batch(self.rows.start + b * BLOCK_ROWS, self.rows.start + min(self.n, (b + 1) * BLOCK_ROWS))
+            a, z = b * BLOCK_ROWS, min(len(self.rows), (b + 1) * BLOCK_ROWS)
+            x = self.store.batch(self.rows.start + a, self.rows.start + z)
+            return x if self.keep is None else x[torch.from_numpy(self.keep[a:z])]
 
         if self._readers is None:
             data = torch.cat([read(b) for b in blocks])
         else:
             # Shards are checksummed on first read; do it here, once, not in several readers at a time.
             for b in blocks:
-                a, z = self.rows.start + b * BLOCK_ROWS, self.rows.start + min(self.n, (b + 1) * BLOCK_ROWS)
+                a, z = self.rows.start + b * BLOCK_ROWS, self.rows.start + min(len(self.rows), (b + 1) * BLOCK_ROWS)
                 i0, i1 = np.searchsorted(self.store.offsets, [a, z - 1], side="right") - 1
                 for i in range(int(i0), int(i1) + 1):
                     self.store.verify(i)

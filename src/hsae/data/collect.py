@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..config import UserError
 from .corpus import pack, read_documents
+from .ordinary import record_exclusions
 from .store import MANIFEST, StoreWriter, atomic_write, file_sha256
 
 
@@ -184,7 +185,9 @@ def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int,
     d = lm.config.hidden_size
     meta = {"source": {"kind": "model", "model": model_name, "layer": layer, "corpus": str(corpus),
                        "ctx": ctx, "seed": seed, "contexts_per_shard": per_shard,
-                       "tokenizer": type(tok).__name__}}
+                       "tokenizer": type(tok).__name__,
+                       # rows of these tokens are kept out of training and metrics (data/ordinary.py)
+                       "special_ids": sorted(set(int(i) for i in tok.all_special_ids))}}
     w = StoreWriter(out, d, dtype, meta, resume=True)
     skip = len(w.shards) * per_shard
     done = skip  # contexts in the store so far
@@ -222,7 +225,8 @@ def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int,
     if not w.shards:
         raise UserError(f"{corpus}: too little text for one context of {ctx} tokens")
     # rows of every context collected (this run and resumed ones) minus rows stored
-    return w.finish(dropped_nonfinite=done * (ctx - 1) - sum(sh["rows"] for sh in w.shards))
+    w.finish(dropped_nonfinite=done * (ctx - 1) - sum(sh["rows"] for sh in w.shards))
+    return record_exclusions(out)
 
 
 def _shard_rows(lm, layer: int, contexts: list, batch_size: int, d: int, bar) -> tuple:

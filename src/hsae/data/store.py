@@ -53,9 +53,13 @@ def file_sha256(path: Path) -> str:
 
 
 def estimate_scale(x: np.ndarray) -> float:
-    """The constant c with mean ||c x|| = sqrt(d) over the finite rows of x."""
+    """The constant c with mean ||c x|| = sqrt(d) over the finite, not massive rows of x."""
+    from .ordinary import OUTLIER_FACTOR
+
     norms = np.linalg.norm(x.astype(np.float64), axis=1)
     norms = norms[np.isfinite(norms)]  # bad rows are counted and refused later, not here
+    if len(norms):  # massive activations (data/ordinary.py) would set the scale of every other row
+        norms = norms[norms <= OUTLIER_FACTOR * np.median(norms)]
     mean = float(norms.mean()) if len(norms) else 0.0
     if not math.isfinite(mean) or mean <= 0:
         raise UserError("cannot normalise: the first rows of the data have zero or non-finite norm")
@@ -70,6 +74,8 @@ class Store:
         self._files: list = []  # per shard: a memory-mapped array or an open safetensors handle
         self._verified: set[int] = set()  # shards whose sha256 was checked in this process
         self._key: str = "acts"
+        self._ordinary: np.ndarray | None = None
+        self.excluded: dict | None = None  # counts of the rows kept out of training and metrics
         if self.path.is_dir():
             self._open_dir()
         elif self.path.suffix == ".npy" and self.path.is_file():
@@ -124,6 +130,15 @@ class Store:
         self.d, self.rows, self.scale = int(shape[1]), int(shape[0]), None
         self.shard_rows = [self.rows]
         self._files = [handle]
+
+    @property
+    def ordinary(self) -> np.ndarray:
+        """bool [rows]: the rows training and metrics use (data/ordinary.py), computed once."""
+        if self._ordinary is None:
+            from .ordinary import classify
+
+            self._ordinary, self.excluded = classify(self)
+        return self._ordinary
 
     @property
     def truth_path(self) -> Path | None:

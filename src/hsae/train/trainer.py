@@ -32,12 +32,16 @@ from ..model import HSAE, CoActivation, hsae_loss, update_forest
 from ..model.loss import encode_level
 from ..rundir import CHECKPOINT, CONFIG, LOG, MODEL, save_model
 from .controller import L0Controller
+from .resample import RESAMPLE_UNTIL, resample_level
 from .dist import Dist, resolve_dtype
 from .schedule import lr_at
 
 # Batches kept ready ahead of the training step: a few (the window read-ahead absorbs slow
 # reads), and no more than this many bytes; more would only compete with training for CPU.
 PREFETCH_BATCHES, PREFETCH_BYTES = 4, 64 << 20
+# Co-activation counts are halved at every hierarchy update: the estimate weighs the last
+# period most and forgets the early, dense phase of training.
+COACT_DECAY = 0.5
 
 
 class _Loss(nn.Module):
@@ -69,7 +73,11 @@ class Trainer:
             raise UserError(f"--batch-size {cfg.batch_size} must be a multiple of the {self.dist.world} processes")
         self.autocast = resolve_dtype(dtype)
         self.train_rows, _ = store.split(cfg.holdout)
-        self.stream = BatchStream(store, self.train_rows, cfg.batch_size, cfg.seed)
+        # special tokens and massive activations are never trained on (data/ordinary.py)
+        keep = store.ordinary[self.train_rows.start:self.train_rows.stop]
+        if not keep.any():
+            raise UserError(f"{store.path}: no ordinary training rows (all are special tokens or massive activations)")
+        self.stream = BatchStream(store, self.train_rows, cfg.batch_size, cfg.seed, keep)
         part = cfg.batch_size // self.dist.world
         depth = min(PREFETCH_BATCHES, PREFETCH_BYTES // (part * store.d * 4))
         self.batches = Prefetcher(self.stream, self.dist.rank * part, (self.dist.rank + 1) * part, depth,
@@ -77,13 +85,16 @@ class Trainer:
         # Built on the CPU from the seed, then moved: the same initial weights on every device.
         self.model = HSAE(store.d, cfg.levels, cfg.threshold_init, seed=cfg.seed).to(dev)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.0, 0.995), fused=dev.type == "cuda")
-        self.ctrl = L0Controller(cfg.l0_targets, cfg.lambda_init, cfg.lambda_gain, cfg.l0_ema, cfg.l0_rate)
+        self.ctrl = L0Controller(cfg.l0_targets, cfg.lambda_init, cfg.lambda_gain, cfg.l0_ema, cfg.l0_rate, cfg.steps)
         # Firing counts over the current window of dead_period steps, and the dead mask from
         # the last complete window (features that fired far less than their level's average).
         self.fires = [torch.zeros(n, dtype=torch.long, device=dev) for n in cfg.levels]
         self.dead = [torch.zeros(n, dtype=torch.bool, device=dev) for n in cfg.levels]
+        # Features allowed in the forest: found firing by the last window (not dead, not restarted since).
+        self.live = [torch.ones(n, dtype=torch.bool, device=dev) for n in cfg.levels]
         self.coact = ([CoActivation(a, b, device=dev) for a, b in zip(cfg.levels, cfg.levels[1:])]
                       if cfg.similarity == "coactivation" else None)
+        self.forest_stats: list[dict] | None = None  # family sizes and churn of the last update
         self.loss: nn.Module = _Loss(self.model, compile)
         if self.dist.world > 1:
             self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[dev] if dev.type == "cuda" else None)
@@ -94,7 +105,7 @@ class Trainer:
     # ---- state -------------------------------------------------------------------------
     def _partials(self) -> list[torch.Tensor]:
         """The statistics each rank holds a part of (their sum over ranks is the global value)."""
-        return self.fires + [t for c in self.coact or [] for t in (c.both, c.child)]
+        return self.fires + [t for c in self.coact or [] for t in c.tensors()]
 
     def _gather_partials(self) -> None:
         """Sum the partial statistics into rank 0, zero them elsewhere (every rank must call it)."""
@@ -110,6 +121,7 @@ class Trainer:
         return {
             "step": self.step, "assigned": self.assigned, "model": self.model.state_dict(),
             "opt": self.opt.state_dict(), "ctrl": self.ctrl.state_dict(), "fires": self.fires, "dead": self.dead,
+            "live": self.live,
             "coact": [c.state_dict() for c in self.coact] if self.coact else None,
         }
 
@@ -121,6 +133,7 @@ class Trainer:
         self.opt.load_state_dict(s["opt"])  # moves the moments to the parameters' device
         self.ctrl.load_state_dict(s["ctrl"])
         self.fires, self.dead = [t.to(dev) for t in s["fires"]], [t.to(dev) for t in s["dead"]]
+        self.live = [t.to(dev) for t in s["live"]]
         if self.coact:
             for c, cs in zip(self.coact, s["coact"]):
                 c.load_state_dict(cs)
@@ -173,6 +186,7 @@ class Trainer:
             grp["lr"] = lr
         x = self.batches.get(self.step).to(self.device, non_blocking=True)
         dead = list(self.dead)  # this step's masks; a window closing below replaces them
+        restarted = None
         rho = 0.0 if cfg.baseline else cfg.rho
         mean = self.dist.mean if self.dist.world > 1 else None
         with self._autocast():
@@ -194,17 +208,31 @@ class Trainer:
             self.fires[l] += act.sum(0)
         if (self.step + 1) % cfg.dead_period == 0:
             self._update_dead()
+            if cfg.resample and self.step + 1 <= RESAMPLE_UNTIL * cfg.steps:
+                restarted = self._resample(x)
         if self.coact:
             for c, a, b in zip(self.coact, out.active, out.active[1:]):
-                c.update(a, b, rows=cfg.batch_size)
+                c.update(a, b)
         lambdas = list(self.ctrl.lambdas)
         self.ctrl.update(l0)
         self.step += 1
-        if not cfg.baseline and self.step % cfg.update_period == 0 and not (cfg.tree == "fixed" and self.assigned):
+        rec = {"step": self.step - 1, "lr": lr, "loss": loss, "mse": mse, "l0": l0,
+               "lambda": lambdas, "constraint": cons, "ghost": ghost,
+               "dead": [int(d.sum()) for d in dead]}
+        if restarted is not None:
+            rec["restarted"] = restarted
+        if self._update_due():
             self.assign()
-        return {"step": self.step - 1, "lr": lr, "loss": loss, "mse": mse, "l0": l0,
-                "lambda": lambdas, "constraint": cons, "ghost": ghost,
-                "dead": [int(d.sum()) for d in dead]}
+            rec["forest"] = self.forest_stats
+        return rec
+
+    def _update_due(self) -> bool:
+        """A hierarchy update after this step? Every update_period steps, but never within the
+        last update_period steps, so the final forest is one the model trained under."""
+        cfg = self.cfg
+        if cfg.baseline or (cfg.tree == "fixed" and self.assigned):
+            return False
+        return self.step % cfg.update_period == 0 and self.step + cfg.update_period <= cfg.steps
 
     def _autocast(self):
         """bf16 autocast for the loss's products, or nothing for float32."""
@@ -218,15 +246,36 @@ class Trainer:
         for l, (n, t) in enumerate(zip(cfg.levels, cfg.l0_targets)):
             expected = t / n * cfg.dead_period * cfg.batch_size
             self.dead[l] = self.dist.sum_(self.fires[l]) < max(1.0, cfg.dead_fraction * expected)
+            self.live[l] = ~self.dead[l]
             self.fires[l].zero_()
+
+    def _resample(self, x: torch.Tensor) -> list[int]:
+        """Restart the features just found dead (train/resample.py) on the global batch; they get
+        a fresh window without ghost grads, and stay out of the forest until a window finds them firing."""
+        if self.dist.world > 1:  # every rank needs the whole batch to take the same decision
+            part = x.shape[0]
+            full = x.new_zeros(part * self.dist.world, x.shape[1])
+            full[self.dist.rank * part:(self.dist.rank + 1) * part] = x
+            x = self.dist.sum_(full)
+        counts = []
+        for l, lv in enumerate(self.model.levels):
+            idx = resample_level(lv, self.dead[l], x, self.opt, self.cfg.l0_targets[l] / lv.n,
+                                 (self.cfg.seed << 32) + self.step * 16 + l)
+            self.dead[l][idx] = False
+            self.live[l][idx] = False
+            counts.append(int(idx.numel()))
+        return counts
 
     def assign(self) -> None:
         """Hierarchy update with the configured similarity and tree shape (the same on every rank)."""
-        parts = [t for c in self.coact or [] for t in (c.both, c.child)] if self.dist.world > 1 else []
+        parts = [t for c in self.coact or [] for t in c.tensors()] if self.dist.world > 1 else []
         for t in parts:  # every rank assigns from the global co-activation statistics...
             self.dist.sum_(t)
         tree = "partial" if self.cfg.tree == "fixed" else self.cfg.tree
-        update_forest(self.model, self.cfg.similarity, tree, self.cfg.orphan_quantile, self.coact)
+        self.forest_stats = update_forest(self.model, self.cfg.similarity, tree, self.cfg.orphan_quantile,
+                                          self.coact, self.live, self.cfg.hub)
+        for c in self.coact or []:
+            c.decay(COACT_DECAY)
         if not self.dist.main:
             for t in parts:  # ...then rank 0 keeps them and the other parts restart at 0
                 t.zero_()
@@ -253,7 +302,8 @@ class Trainer:
                     t0 = time.perf_counter()
                     rec = self.train_step()
                     rec["seconds"] = time.perf_counter() - t0
-                    if main and (rec["step"] % self.cfg.log_every == 0 or self.step == self.cfg.steps):
+                    if main and (rec["step"] % self.cfg.log_every == 0 or self.step == self.cfg.steps
+                                 or "forest" in rec or "restarted" in rec):
                         log.write(json.dumps(rec) + "\n")
                         log.flush()
                         bar.set_postfix_str("L0 " + "/".join(f"{v:.1f}" for v in rec["l0"])

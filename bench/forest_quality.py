@@ -1,0 +1,128 @@
+"""HSAE vs post-hoc on synthetic forests with known truth, several seeds: JSON lines + a table.
+
+  python bench/forest_quality.py --out runs/fq [--configs issue-a,hard,hard-wide] [--seeds 0,1,2]
+                                 [--trees partial,full] [--jobs 2]
+
+Each (config, seed) draws its own forest (data seed = training seed), trains the HSAE and the
+post-hoc baseline with the config's level sizes (the truth's), evaluates on held-out rows and
+prints one JSON line per run, then a Markdown table of seed means +- std (ddof 1) with the
+chance level of every hierarchy metric. Finished runs are reused (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+# name -> (synth CLI args, target L0, steps); sizes come from the generated truth
+CONFIGS = {
+    "issue-a": (["--d", "64", "--branching", "8,3,3", "--tokens", "200000"], 3.0, 3000),
+    "hard": (["--preset", "hard", "--tokens", "200000"], 2.0, 3000),
+    "hard-wide": (["--preset", "hard-wide", "--tokens", "200000"], 2.5, 3000),
+}
+METRICS = ["edge_precision", "edge_recall", "edge_f1", "feature_match_hungarian", "hamming", "hamming_chance",
+           "p_parent_given_child", "p_parent_given_child_chance", "p_child_given_parent", "var_explained",
+           "max_dead_fraction", "max_l0_error", "largest_family_over_mean"]
+
+
+def _store(out: Path, config: str, seed: int) -> tuple[Path, list[int]]:
+    from hsae.cli import main
+
+    path = out / "data" / f"{config}-s{seed}"
+    if not (path / "manifest.json").is_file():
+        assert main(["synth", "--out", str(path), "--seed", str(seed), "--quiet", *CONFIGS[config][0]]) == 0
+    src = json.loads((path / "manifest.json").read_text())["source"]
+    sizes = src.get("sizes")
+    if not sizes:
+        import numpy as np
+
+        sizes = [int(v) for v in np.cumprod(src["branching"])]
+    return path, sizes
+
+
+def _summary(ev: dict, target: float) -> dict:
+    h, tr = ev["hierarchy"], ev["tree_recovery"]
+    ch = h.get("chance", {})
+    fam = [k for fams in h["children_per_parent"] for k, c in enumerate(fams) if c for _ in range(c)]
+    return {
+        "edge_precision": tr["edge_precision"], "edge_recall": tr["edge_recall"], "edge_f1": tr["edge_f1"],
+        "feature_match_hungarian": tr["feature_match_hungarian"],
+        "hamming": h["hamming"], "hamming_chance": ch.get("hamming", float("nan")),
+        "p_parent_given_child": h["p_parent_given_child"],
+        "p_parent_given_child_chance": ch.get("p_parent_given_child", float("nan")),
+        "p_child_given_parent": h["p_child_given_parent"], "var_explained": ev["var_explained"],
+        "max_dead_fraction": max(lv["dead_fraction"] for lv in ev["levels"]),
+        "max_l0_error": max(abs(lv["l0"] / target - 1) for lv in ev["levels"]),
+        "largest_family_over_mean": max(fam) / (sum(fam) / len(fam)) if fam else 0.0,
+    }
+
+
+def run_one(out: str, config: str, seed: int, method: str, tree: str) -> dict:
+    """Train (or reuse) one run and return its summary."""
+    import torch
+
+    torch.set_num_threads(1)  # jobs run side by side on a small machine
+    from hsae.config import TrainConfig
+    from hsae.eval import evaluate_run
+    from hsae.train import train
+
+    out = Path(out)
+    acts, sizes = _store(out, config, seed)
+    _, l0, steps = CONFIGS[config]
+    run = out / f"{config}-s{seed}" / f"{method}-{tree}"
+    cfg = TrainConfig(levels=sizes, l0=[l0], steps=steps, seed=seed, tree=tree, baseline=method == "posthoc")
+    assert train(cfg, acts, run, progress=False) == 0
+    ev = evaluate_run(run)
+    return {"config": config, "seed": seed, "method": method, "tree": tree, "sizes": sizes, **_summary(ev, l0)}
+
+
+def _table(results: list[dict]) -> str:
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["config"], r["tree"], r["method"]), []).append(r)
+    cols = ["edge_precision", "edge_f1", "feature_match_hungarian", "hamming", "p_parent_given_child",
+            "var_explained", "max_dead_fraction", "max_l0_error", "largest_family_over_mean"]
+    lines = ["| config | tree | method | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 4) + "|"]
+    for (config, tree, method), rs in sorted(groups.items()):
+        cells = []
+        for c in cols:
+            v = [r[c] for r in rs]
+            m, s = statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0
+            cell = f"{m:.3f} ± {s:.3f}"
+            if c in ("hamming", "p_parent_given_child"):
+                cell += f" (chance {statistics.mean(r[c + '_chance'] for r in rs):.3f})"
+            cells.append(cell)
+        lines.append(f"| {config} | {tree} | {method} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run the grid and print JSON lines, then the table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="directory for stores and runs")
+    p.add_argument("--configs", default="issue-a,hard,hard-wide", help="comma-separated synthetic configurations")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data and training)")
+    p.add_argument("--trees", default="partial,full", help="comma-separated tree shapes")
+    p.add_argument("--methods", default="hsae,posthoc", help="comma-separated: hsae, posthoc")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained side by side (one thread each)")
+    a = p.parse_args()
+    grid = [(c, int(s), m, t) for c in a.configs.split(",") for s in a.seeds.split(",")
+            for t in a.trees.split(",") for m in a.methods.split(",")]
+    for c, s, _, _ in grid:  # stores first, once each, outside the pool
+        _store(Path(a.out), c, s)
+    with ProcessPoolExecutor(a.jobs) as pool:
+        futs = [pool.submit(run_one, a.out, *g) for g in grid]
+        results = []
+        for f in futs:
+            results.append(f.result())
+            print(json.dumps(results[-1]), flush=True)
+    print(_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Which rows of a store are ordinary: the rows training and every metric use.
+
+Two kinds of rows stay in the store (contexts stay whole, so the splice and the explorer can
+rebuild them) but are kept out of training and of the metrics:
+- special tokens: rows whose token is one of the tokenizer's special ids (recorded by
+  `hsae collect` as source.special_ids; e.g. the end-of-document token between packed
+  documents), wherever they fall in a context;
+- massive activations: rows whose norm exceeds OUTLIER_FACTOR times the median norm of the
+  first SCALE_ROWS non-special rows. In SmolLM2's layer 15 about 0.06% of the rows (mostly
+  special tokens and the first tokens of a document) have norms up to 150x the median and
+  carry ~90% of the total variance: left in, they dominate the MSE the SAEs are trained on
+  and the variance explained they are judged by.
+A store without per-row tokens (synthetic, a plain matrix) has only the norm rule. The rule's
+counts are written to a collected store's manifest as `excluded`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .store import MANIFEST, SCALE_ROWS, Store, atomic_write
+
+OUTLIER_FACTOR = 5.0  # a row above this multiple of the median norm is a massive activation
+CHUNK = 65536
+
+
+def norms(store, chunk: int = CHUNK) -> np.ndarray:
+    """Raw (unscaled) L2 norm of every row, float64 [rows], read in chunks."""
+    out = np.empty(store.rows)
+    for a in range(0, store.rows, chunk):
+        b = min(store.rows, a + chunk)
+        out[a:b] = np.linalg.norm(store.read(a, b).astype(np.float64), axis=1)
+    return out
+
+
+def special_rows(store) -> np.ndarray:
+    """bool [rows]: rows whose token is a special token (none if the store records no ids)."""
+    ids = (store.meta.get("source") or {}).get("special_ids")
+    if not ids:
+        return np.zeros(store.rows, dtype=bool)
+    return np.isin(store.read_extra("tokens", 0, store.rows), np.asarray(ids, dtype=np.int64))
+
+
+def outlier_threshold(n: np.ndarray, special: np.ndarray) -> float:
+    """OUTLIER_FACTOR x the median norm of the first SCALE_ROWS non-special rows."""
+    first = n[:SCALE_ROWS][~special[:SCALE_ROWS]]
+    return OUTLIER_FACTOR * float(np.median(first)) if first.size else float("inf")
+
+
+def classify(store) -> tuple[np.ndarray, dict]:
+    """(ordinary bool [rows], summary with the counts of each excluded kind and the threshold)."""
+    special = special_rows(store)
+    n = norms(store)
+    thr = outlier_threshold(n, special)
+    outlier = (n > thr) & ~special
+    keep = ~(special | outlier)
+    summary = {"special": int(special.sum()), "outlier": int(outlier.sum()), "ordinary": int(keep.sum()),
+               "outlier_factor": OUTLIER_FACTOR, "outlier_norm": thr}
+    return keep, summary
+
+
+def record_exclusions(path) -> dict:
+    """Add the `excluded` summary to a finished store's manifest; returns the manifest."""
+    store = Store(path)
+    store.ordinary  # noqa: B018 (computes store.excluded)
+    manifest = {**store.meta, "excluded": store.excluded}
+    atomic_write(store.path / MANIFEST, json.dumps(manifest, indent=2).encode())
+    return manifest
