@@ -95,7 +95,10 @@ def cmd_collect(a) -> int:
 
     m = collect(a.model, a.layer, a.corpus, a.tokens, a.out, ctx=a.ctx, batch_size=a.batch_size, seed=a.seed,
                 dtype=a.dtype, shard_rows=a.shard_rows, progress=not a.quiet, repair=a.repair, device=a.device)
-    print(f"wrote {m['rows']} rows (d={m['d']}) to {a.out}; {m['dropped_nonfinite']} rows dropped (contexts with non-finite activations)")
+    ex = m["excluded"]
+    print(f"wrote {m['rows']} rows (d={m['d']}) to {a.out}; {m['dropped_nonfinite']} rows dropped (contexts with "
+          f"non-finite activations); kept out of training and metrics: {ex['special']} special-token rows, "
+          f"{ex['outlier']} massive-activation rows (norm > {ex['outlier_factor']:g}x the median)")
     return 0
 
 
@@ -112,6 +115,7 @@ TRAIN_FLAGS = {
     "--similarity": ("similarity", str, "parent similarity: encoder, decoder or coactivation"),
     "--tree": ("tree", str, "tree shape: partial, full, binary or fixed"),
     "--orphan-quantile": ("orphan_quantile", float, "partial tree: bottom fraction of children left without parent"),
+    "--hub": ("hub", str, "parent ranking: none (the paper's argmax) or csls (discounts parents close to everything)"),
     "--seed": ("seed", int, "random seed (init, batches, swaps)"),
     "--holdout": ("holdout", float, "fraction of the store held out for evaluation"),
     "--checkpoint-every": ("checkpoint_every", int, "steps between checkpoints"),
