@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Iterator
+
+import torch
 
 from ..config import UserError
 from ..data.store import Store
@@ -14,10 +18,19 @@ from .recovery import tree_recovery
 __all__ = ["evaluate", "tree_recovery", "evaluate_run"]
 
 
+def _heldout_batches(store: Store, rows: range, batch_size: int) -> Iterator[torch.Tensor]:
+    """The evaluation rows of `store` in batches of at most batch_size, in order."""
+    for a in range(rows.start, rows.stop, batch_size):
+        yield store.batch(a, min(rows.stop, a + batch_size))
+
+
 def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: int = 4096, splice: bool = False,
-                 absorption: bool = False, splice_contexts: int = 16, progress: bool = False) -> dict:
+                 absorption: bool = False, splice_contexts: int = 16, progress: bool = False,
+                 chance_draws: int = 5, chance_seed: int = 0) -> dict:
     """Metrics of a finished run on the held-out rows of its store (plus tree recovery if known).
 
+    chance_draws random forests (seed chance_seed) give the hierarchy metrics' chance level
+    (eval/chance.py; 0: none); "config" holds the run's TrainConfig, to group runs by seed.
     splice: add the model's CE loss recovered and KL per level (eval/splice.py);
     absorption: add SAEBench first-letter absorption per level (eval/absorption.py)."""
     cfg, model, _ = load_run(run)
@@ -26,8 +39,9 @@ def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: in
     if store.d != model.d:
         raise UserError(f"model has d={model.d} but {acts} has d={store.d}")
     _, rows = store.split(cfg.holdout)
-    batches = (store.batch(a, min(rows.stop, a + batch_size)) for a in range(rows.start, rows.stop, batch_size))
-    out = {"run": str(run), "acts": str(acts), "baseline": cfg.baseline, **evaluate(model, batches)}
+    # a callable, so that evaluate can make its two passes (firing counts, then metrics)
+    ev = evaluate(model, lambda: _heldout_batches(store, rows, batch_size), chance_draws, chance_seed)
+    out = {"run": str(run), "acts": str(acts), "baseline": cfg.baseline, "config": dataclasses.asdict(cfg), **ev}
     if store.truth_path is not None and store.truth_path.is_file():
         out["tree_recovery"] = tree_recovery(model, load_truth(store.truth_path))
     if splice:

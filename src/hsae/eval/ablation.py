@@ -1,8 +1,10 @@
-"""The paper's ablation (PAPER.md section 6): one store, one seed, seven variants, one table.
+"""The paper's ablation (PAPER.md section 6): one store, seven variants, one or more seeds, one table.
 
-Each variant is a normal run directory under the ablation directory; a finished run (and an
-existing eval.json) is skipped, an interrupted one resumes, so rerunning the command after a
-kill continues where it stopped.
+Each (variant, seed) is a normal run directory under the ablation directory: out/NAME for the
+base config's own seed (so an ablation directory from before seeds existed is that seed's
+run and is reused), out/NAME-sS for every other seed S. A finished run (and an existing
+eval.json) is skipped, an interrupted one resumes, so rerunning the command after a kill, or
+with more seeds, trains only what is missing. The table shows mean ± std over the seeds.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..data.store import atomic_write
-from .report import _fmt, row
+from .report import aggregate, metric_cells, metric_headers
 
 # variant -> TrainConfig overrides (PAPER.md sections 4 and 6)
 VARIANTS: dict[str, dict] = {
@@ -35,36 +37,54 @@ def variant_config(base: TrainConfig, name: str) -> TrainConfig:
     return dataclasses.replace(base, **VARIANTS[name])
 
 
-def run_ablation(base: TrainConfig, acts: str | Path, out: str | Path, variants: list[str] | None = None,
-                 progress: bool = True, **eval_kw) -> dict[str, dict]:
-    """Train and evaluate every variant under out/NAME (skipping finished work); {name: eval dict}.
+def run_name(name: str, seed: int, base_seed: int) -> str:
+    """The run directory's name of one variant and seed (see the module docstring)."""
+    return name if seed == base_seed else f"{name}-s{seed}"
 
-    eval_kw go to evaluate_run (e.g. splice=True)."""
+
+def _eval_kw(have: dict | None, eval_kw: dict) -> dict | None:
+    """evaluate_run's arguments if the run needs (re-)evaluating, else None.
+
+    Re-evaluated: no eval.json, a requested splice/absorption missing, or no chance level
+    (an eval.json from before chance levels); what the old one had is computed again."""
+    want_chance = eval_kw.get("chance_draws", 1) > 0
+    if have is not None and ("chance" in have["hierarchy"] or not want_chance) and \
+            not any(eval_kw.get(k) and k not in have for k in ("splice", "absorption")):
+        return None
+    return {**eval_kw, **{k: True for k in ("splice", "absorption") if have and k in have}}
+
+
+def run_ablation(base: TrainConfig, acts: str | Path, out: str | Path, variants: list[str] | None = None,
+                 seeds: list[int] | None = None, progress: bool = True, **eval_kw) -> dict[str, dict]:
+    """Train and evaluate every variant for every seed (default [base.seed]), skipping finished work.
+
+    Returns {run name: eval dict}, variant by variant, seeds in the given order; eval_kw go to
+    evaluate_run (e.g. splice=True)."""
     from ..train import train
     from . import evaluate_run
 
     out = Path(out)
     evals = {}
     for name in variants or list(VARIANTS):
-        run = out / name
-        ev_path = run / "eval.json"
-        have = json.loads(ev_path.read_text()) if ev_path.is_file() else None
-        if have is None or any(eval_kw.get(k) and k not in have for k in ("splice", "absorption")):
-            rc = train(variant_config(base, name), acts, run, progress=progress)
-            if rc:  # stopped by a signal: the checkpoint is saved, a rerun resumes here
-                raise SystemExit(rc)
-            ev = evaluate_run(run, **eval_kw)
-            atomic_write(ev_path, (json.dumps(ev, indent=2) + "\n").encode())
-        evals[name] = json.loads(ev_path.read_text())
+        for seed in seeds if seeds is not None else [base.seed]:
+            rname = run_name(name, seed, base.seed)
+            run, ev_path = out / rname, out / rname / "eval.json"
+            kw = _eval_kw(json.loads(ev_path.read_text()) if ev_path.is_file() else None, eval_kw)
+            if kw is not None:
+                rc = train(dataclasses.replace(variant_config(base, name), seed=seed), acts, run, progress=progress)
+                if rc:  # stopped by a signal: the checkpoint is saved, a rerun resumes here
+                    raise SystemExit(rc)
+                atomic_write(ev_path, (json.dumps(evaluate_run(run, **kw), indent=2) + "\n").encode())
+            evals[rname] = json.loads(ev_path.read_text())
     return evals
 
 
 def ablation_table(evals: dict[str, dict]) -> str:
-    """Markdown: our metrics per variant beside the paper's published Hamming."""
-    head = "| variant | L0 | var.expl. | P(p\\|c) | P(c\\|p) | Hamming | paper Hamming |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for name, ev in evals.items():
-        r = row(ev)
-        cols = [r["l0"], r["var_explained"], r["p_parent_given_child"], r["p_child_given_parent"], r["hamming"]]
-        lines.append(f"| {name} | " + " | ".join(_fmt(float(v)) for v in cols) + f" | {PAPER_HAMMING.get(name, '')} |")
+    """Markdown: mean ± std over seeds per variant (chance levels in parentheses) beside the paper's Hamming."""
+    # grouped by run name (NAME, NAME-sS), not config: two variants may share a config
+    groups = aggregate(evals, by="name")
+    head = ["variant", "seeds", *metric_headers(), "paper Hamming"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for name, g in groups.items():
+        lines.append(f"| {name} | {g['n']} | " + " | ".join(metric_cells(g)) + f" | {PAPER_HAMMING.get(name, '')} |")
     return "\n".join(lines)

@@ -70,7 +70,7 @@ def training_plot(logs: dict[str, list[dict]], path: Path, targets: dict[str, li
 
 
 def hierarchy_plot(evals: dict[str, dict], path: Path) -> Path:
-    """Hamming, P(p|c) and P(c|p) of every run side by side."""
+    """Hamming, P(p|c) and P(c|p) of every run side by side; its chance level (± spread) as a black tick."""
     keys = [("hamming", "Hamming (lower is better)"), ("p_parent_given_child", "P(parent | child)"),
             ("p_child_given_parent", "P(child | parent)")]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
@@ -79,6 +79,12 @@ def hierarchy_plot(evals: dict[str, dict], path: Path) -> Path:
         vals = [evals[n]["hierarchy"][key] for n in names]
         bars = ax.bar(range(len(names)), vals, color=[f"C{i}" for i in range(len(names))])
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        chance = [(i, evals[n]["hierarchy"].get("chance")) for i, n in enumerate(names)]
+        chance = [(i, c[key], c.get(f"{key}_std", 0.0)) for i, c in chance if c and key in c]
+        if chance:
+            xs, ys, es = zip(*chance)
+            ax.errorbar(xs, ys, yerr=es, fmt="_", color="black", markersize=22, mew=2, capsize=4, label="chance ± sd")
+            ax.legend(fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(label, fontsize=10)
     return _save(fig, path)
