@@ -27,7 +27,8 @@ def tiny_run(tmp_path_factory):
 
 
 def _brute(run):
-    """Dense codes of every held-out row, per level, plus the rows and the model."""
+    """Dense codes of every held-out row, per level (0 on the rows training never sees: special
+    tokens, massive activations), plus the rows and the model."""
     from hsae.data import Store
     from hsae.rundir import load_run
 
@@ -36,6 +37,9 @@ def _brute(run):
     _, held = store.split(cfg.holdout)
     with torch.no_grad():
         codes = [c.numpy() for c in model.encode(store.batch(held.start, held.stop))]
+    ordinary = store.ordinary[held.start:held.stop]
+    assert 0 < ordinary.sum() < len(held)  # the tiny corpus has end-of-document tokens in the held-out rows
+    codes = [c * ordinary[:, None] for c in codes]
     return cfg, model, store, held, codes
 
 

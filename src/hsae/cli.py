@@ -122,6 +122,17 @@ TRAIN_FLAGS = {
 }
 
 
+def _count(s: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(s)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
 def _write(path: Path, text: str) -> None:
     """Write a text file atomically (readers never see half of it)."""
     from .data.store import atomic_write
@@ -156,7 +167,7 @@ def cmd_eval(a) -> int:
     from .eval.report import comparison_table
 
     ev = evaluate_run(a.run, a.acts, splice=a.splice, absorption=a.absorption, splice_contexts=a.splice_contexts,
-                      progress=not a.quiet)
+                      progress=not a.quiet, chance_draws=a.chance_draws, chance_seed=a.chance_seed)
     if a.json:
         _write(Path(a.json), json.dumps(ev, indent=2) + "\n")
     print(comparison_table({Path(a.run).name: ev}, paper=False))
@@ -164,14 +175,17 @@ def cmd_eval(a) -> int:
 
 
 def cmd_ablate(a) -> int:
-    """Train and evaluate the paper's ablation set on one store and seed; print the table."""
+    """Train and evaluate the paper's ablation set on one store, over one or more seeds; print the table."""
     from .eval.ablation import VARIANTS, ablation_table, run_ablation
 
     bad = [v for v in a.variants if v not in VARIANTS]
     if bad:
         raise UserError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
-    evals = run_ablation(_train_config(a), a.acts, a.out, a.variants, progress=not a.quiet, splice=a.splice,
-                         absorption=a.absorption, splice_contexts=a.splice_contexts)
+    if a.seeds is not None and (not a.seeds or any(not 0 <= s < 2**31 for s in a.seeds)):
+        raise UserError("--seeds must be comma-separated integers in [0, 2^31)")
+    evals = run_ablation(_train_config(a), a.acts, a.out, a.variants, seeds=a.seeds, progress=not a.quiet,
+                         splice=a.splice, absorption=a.absorption, splice_contexts=a.splice_contexts,
+                         chance_draws=a.chance_draws, chance_seed=a.chance_seed)
     table = ablation_table(evals)
     _write(Path(a.out) / "ablation.md", table + "\n")
     print(table)
@@ -196,8 +210,11 @@ def cmd_compare(a) -> int:
             ev = json.loads(Path(p).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read eval file {p}: {e}") from None
-        evals[name_of(p, ev)] = ev
-    print(comparison_table(evals, paper=not a.no_paper))
+        name = name_of(p, ev)
+        if name in evals:  # two runs of the same name in different directories: keep both
+            name = f"{Path(ev.get('run', p)).parent.name}/{name}"
+        evals[name] = ev
+    print(comparison_table(evals, paper=not a.no_paper, per_run=a.per_run))
     return 0
 
 
@@ -275,6 +292,8 @@ def _eval_flags(p) -> None:
     p.add_argument("--splice", action="store_true", help="also run the model with each level spliced in: CE loss recovered, KL")
     p.add_argument("--splice-contexts", type=int, default=16, help="held-out contexts for --splice")
     p.add_argument("--absorption", action="store_true", help="also measure first-letter feature absorption (SAEBench)")
+    p.add_argument("--chance-draws", type=_count, default=5, help="random forests with the same family sizes for the chance level (0: none)")
+    p.add_argument("--chance-seed", type=int, default=0, help="seed of the chance-level forests")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -345,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of the variants (default: all seven)")
     for flag, (name, typ, hlp) in TRAIN_FLAGS.items():
         b.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
+    b.add_argument("--seeds", type=_ints, help="train every variant with each of these seeds (runs NAME, NAME-sS); default: --seed")
     _eval_flags(b)
     b.set_defaults(fn=cmd_ablate)
 
@@ -356,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="table of several eval JSON files beside the paper's numbers")
     c.add_argument("evals", nargs="+", help="eval JSON files")
     c.add_argument("--no-paper", action="store_true", help="leave out the paper's rows")
+    c.add_argument("--per-run", action="store_true", help="one row per eval file instead of seed means +- std per configuration")
     c.set_defaults(fn=cmd_compare)
     x = sub.add_parser("export", help="export a run as SAELens SAEs (one per level) or Neuronpedia JSON")
     x.add_argument("run", help="run directory")

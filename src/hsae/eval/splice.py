@@ -3,7 +3,9 @@ each level's reconstruction (SAELens' "CE loss recovered").
 
 For every held-out context the model runs three ways: clean, with the layer's output at
 positions >= 1 replaced by a level's reconstruction (normalisation undone: x_hat / scale), and
-with it replaced by zeros. Position 0 (BOS, never trained on) keeps its clean activation.
+with it replaced by zeros. Position 0 (BOS, never trained on) keeps its clean activation, and
+so, in every run, do the rows training never sees (data/ordinary.py: special tokens and
+massive activations): the loss recovered is that of the ordinary rows.
 Cross-entropy is averaged over the next-token predictions made at positions 1..T-2 (the
 positions whose residual was replaced; position 0's prediction is identical in every run):
   ce_loss_recovered = (ce_zero_ablation - ce_spliced) / (ce_zero_ablation - ce_clean)
@@ -70,21 +72,31 @@ def _replace_output(block, fn: Callable[[torch.Tensor], torch.Tensor]):
 
 @torch.inference_mode()
 def splice_eval(lm, layer: int, model: HSAE, scale: float, contexts: torch.Tensor, batch_size: int = 8,
-                progress: bool = False) -> dict:
-    """{"ce_clean", "ce_zero_ablation", "levels": [{"ce_spliced", "ce_loss_recovered", "kl"}]} (see module doc)."""
+                progress: bool = False, special_ids: list[int] = (), outlier_norm: float = float("inf")) -> dict:
+    """{"ce_clean", "ce_zero_ablation", "levels": [{"ce_spliced", "ce_loss_recovered", "kl"}]} (see module doc).
+
+    Rows whose token is in special_ids or whose raw norm exceeds outlier_norm keep their clean value."""
     block = decoder_layers(lm)[layer]
     L = len(model.levels)
-    fns = [lambda h: torch.zeros_like(h)]
+    special = torch.tensor(sorted(special_ids), dtype=torch.long)
+    batch_special: dict = {}  # the current batch's special-token mask [B, T-1]
+
+    def clean_where_excluded(h, new):
+        keep = batch_special["mask"] | (h.float().norm(dim=-1) > outlier_norm)
+        return torch.where(keep[..., None], h.float(), new)
+
     def recon(h, lv):
         x = h.float().reshape(-1, h.shape[-1]) * scale
-        return (lv.decode(lv.encode(x)) / scale).reshape(h.shape)
+        return clean_where_excluded(h, (lv.decode(lv.encode(x)) / scale).reshape(h.shape))
 
+    fns = [lambda h: clean_where_excluded(h, torch.zeros_like(h, dtype=torch.float32))]
     fns += [lambda h, lv=lv: recon(h, lv) for lv in model.levels]
     ce = torch.zeros(L + 2, dtype=torch.float64)  # clean, zero, level 0..L-1
     kl = torch.zeros(L, dtype=torch.float64)
     n = 0
     for b in tqdm(range(0, len(contexts), batch_size), disable=not progress, desc="splice", unit="batch"):
         ids = contexts[b:b + batch_size]
+        batch_special["mask"] = torch.isin(ids[:, 1:], special)
         target = ids[:, 2:].reshape(-1)
 
         def logp(fn=None):
@@ -131,4 +143,6 @@ def splice_store(store: Store, rows: range, model: HSAE, n_contexts: int = 16, p
     if err > 1e-2:
         raise UserError(f"{store.path}: model {src['model']} layer {src['layer']} does not reproduce the stored "
                         f"activations (relative error {err:.3g}); was the store collected with another model?")
-    return splice_eval(lm, int(src["layer"]), model, store.scale, contexts, progress=progress)
+    store.ordinary  # noqa: B018 (sets store.excluded: the outlier threshold)
+    return splice_eval(lm, int(src["layer"]), model, store.scale, contexts, progress=progress,
+                       special_ids=src.get("special_ids") or [], outlier_norm=store.excluded["outlier_norm"])

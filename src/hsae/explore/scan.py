@@ -13,6 +13,8 @@ O(rows * n). Kept per feature:
   feature's threshold (JumpReLU activations are >= threshold): edges threshold * 2^(i / 4);
 - on the `edge_rows` only (held-out rows): firing count and, for levels >= 1, the count of
   rows where the feature and its parent both fire (the browser's edge statistics).
+Rows that training never sees (data/ordinary.py: special tokens, massive activations) count as
+firing nowhere, so they are never examples and never enter the statistics.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def scan(model: HSAE, store: Store, rows: range, context: np.ndarray, edge_rows:
         b = min(rows.stop, a + chunk)
         lo, hi = max(rows.start, a - before), min(rows.stop, b + after)
         x = store.batch(lo, hi)
+        ordinary = torch.from_numpy(store.ordinary[lo:hi]).float()
         pad0 = lo - (a - before)  # rows of zero padding before lo, so padded row i is store row a - before + i
         P = before + (b - a) + after
         ctx = torch.full((P,), -1, dtype=torch.long)
@@ -110,7 +113,8 @@ def scan(model: HSAE, store: Store, rows: range, context: np.ndarray, edge_rows:
         act_prev = None
         for l, lv in enumerate(model.levels):
             padded = torch.zeros(P, lv.n)
-            padded[pad0:pad0 + hi - lo] = encode(lv, x)
+            # rows never trained on (special tokens, massive activations) show no activation
+            padded[pad0:pad0 + hi - lo] = encode(lv, x) * ordinary[:, None]
             codes = padded[before:before + b - a]  # [c, n]: the chunk's own rows
             active = codes > 0
             # per-feature counts from the sparse (row, feature) list: the dense [c, n] reductions cost more
