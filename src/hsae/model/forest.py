@@ -160,7 +160,8 @@ def add_pair_counts(out: torch.Tensor, active_p: torch.Tensor, active_c: torch.T
     entries); dense ones, as early in training, fall back to one matmul so memory stays bounded.
     """
     n_p = active_p.shape[1]
-    rc, cc = active_c.nonzero(as_tuple=True)
+    # enumerated child by child, so index_add_ writes one [n_p] row of `out` at a time (cache-friendly)
+    cc, rc = active_c.t().contiguous().nonzero(as_tuple=True)
     rp, cp = active_p.nonzero(as_tuple=True)
     kp = torch.bincount(rp, minlength=active_p.shape[0])
     reps = kp[rc]
