@@ -2,7 +2,11 @@
 
 When a firing window closes, each feature of a level found dead is restarted on the
 direction of an input drawn with probability proportional to its squared reconstruction
-error (so badly reconstructed inputs are likely, outliers not certain): its decoder row
+error (so badly reconstructed inputs are likely, outliers not certain) among the inputs on
+which a busy feature fires (one firing above BUSY times the level's mean rate; all inputs if
+there is none): on data with a known forest the features that survive while others die are
+mostly mergers of two true features firing at twice the usual rate, and what such a feature
+fails to reconstruct is the direction that splits it. Its decoder row
 becomes the unit residual x - x_hat of that input, its encoder column the same direction at the level's mean
 live encoder norm, its bias 0 and its threshold the batch quantile of its new pre-activation
 that lets it fire on the level's mean rate (target L0 / n: a restart neither starts dead nor
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+BUSY = 1.5  # a feature firing above this multiple of its level's mean rate is busy
 RESAMPLE_UNTIL = 0.5  # fraction of the run after which dead features are no longer restarted
 
 
@@ -36,11 +41,17 @@ def resample_level(level, dead: torch.Tensor, x: torch.Tensor, opt: torch.optim.
     live = ~dead
     if idx.numel() == 0 or not bool(live.any()):
         return idx[:0]
-    x_hat = level.decode(level.encode(x))
-    err = (x - x_hat).square().sum(1)
-    idx = idx[:x.shape[0]]
+    a = level.encode(x)
+    x_hat = level.decode(a)
+    weight = (x - x_hat).square().sum(1).float().clamp_min(0) + 1e-12
+    if BUSY is not None:  # only rows where a feature firing far above the level's mean rate fires
+        busy = (a > 0).float().mean(0) > BUSY * rate
+        on = (a[:, busy] > 0).any(1)
+        if bool(on.any()):
+            weight = weight * on
+    idx = idx[:int((weight > 1e-12).sum())]
     g = torch.Generator(device=x.device).manual_seed(seed)
-    rows = torch.multinomial(err.float().clamp_min(0) + 1e-12, idx.numel(), replacement=False, generator=g)
+    rows = torch.multinomial(weight, idx.numel(), replacement=False, generator=g)
     u = _unit(x[rows] - x_hat[rows])
     level.W_dec[idx] = u
     level.W_enc[:, idx] = u.t() * level.W_enc[:, live].norm(dim=0).mean()

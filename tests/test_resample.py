@@ -1,0 +1,55 @@
+"""Restarting dead features (train/resample.py) on what a busy, merged feature fails to reconstruct."""
+
+import torch
+
+from hsae.model import HSAE
+from hsae.train.resample import resample_level
+
+
+def _merged_level(d=32, rows=4000, seed=0):
+    """Four true directions; the level has feature 0 = a merger of directions 0 and 1 (busy),
+    features 1, 2 = directions 2, 3, and feature 3 dead. Rows: one direction each, equally often."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.nn.functional.normalize(torch.randn(4, d, generator=g), dim=1)
+    which = torch.randint(0, 4, (rows,), generator=g)
+    x = u[which] * (1 + 0.1 * torch.rand(rows, 1, generator=g))
+    m = HSAE(d, [4], threshold_init=0.1, seed=seed)
+    lv = m.levels[0]
+    with torch.no_grad():
+        dec = torch.stack([torch.nn.functional.normalize(u[0] + u[1], dim=0), u[2], u[3], -u[0]])
+        lv.W_dec.copy_(dec)
+        lv.W_enc.copy_(dec.t())
+        lv.b_enc.zero_()
+        lv.b_enc[3] = -10.0  # never fires
+        lv.b_dec.zero_()
+    return lv, x, u, which
+
+
+def test_dead_feature_restarts_on_the_split_of_the_merged_feature():
+    lv, x, u, which = _merged_level()
+    opt = torch.optim.Adam(lv.parameters(), lr=1e-3)
+    (lv.decode(lv.encode(x)) - x).square().sum().backward()
+    opt.step()  # Adam state exists, as in training
+    dead = torch.tensor([False, False, False, True])
+    idx = resample_level(lv, dead, x, opt, rate=0.25, seed=0)
+    assert idx.tolist() == [3]
+    new = lv.W_dec[3].detach()
+    # the residual of the merger is +-(u0 - u1)/2: the restart points along the split, not along u2 or u3
+    split = torch.nn.functional.normalize(u[0] - u[1], dim=0)
+    assert abs(float(new @ split)) > 0.9
+    assert abs(float(new @ u[2])) < 0.3 and abs(float(new @ u[3])) < 0.3
+    # it fires on about the level's mean rate, on rows of one of the two merged directions only
+    fires = lv.encode(x)[:, 3].detach() > 0
+    assert 0.15 < float(fires.float().mean()) < 0.35
+    on_merged = (which[fires] <= 1).float().mean()
+    assert on_merged > 0.8, on_merged
+    st = opt.state[lv.W_dec]
+    assert torch.all(st["exp_avg"][3] == 0) and torch.all(st["exp_avg_sq"][3] > 0)
+
+
+def test_nothing_dead_nothing_restarted():
+    lv, x, _, _ = _merged_level()
+    before = lv.W_dec.detach().clone()
+    opt = torch.optim.Adam(lv.parameters())
+    assert resample_level(lv, torch.zeros(4, dtype=torch.bool), x, opt, 0.25).numel() == 0
+    assert torch.equal(before, lv.W_dec.detach())
