@@ -54,3 +54,10 @@ def test_state_round_trips_and_resumes_identically():
         a.update([x])
         b.update([x])
     assert a.lambdas == b.lambdas
+
+
+def test_very_short_runs_do_not_overshoot_the_reference():
+    c = L0Controller([3.0], 0.1, 0.01, steps=5)
+    for x in (30.0, 30.0, 20.0, 10.0, 5.0):
+        c.update([x])
+    assert all(r >= 3.0 for r in c.ref) and 0 < c.lambdas[0] < float("inf")

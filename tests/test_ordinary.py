@@ -82,3 +82,20 @@ def test_training_never_sees_an_excluded_row(tiny, tmp_path):
             assert keep[idx].all()
     finally:
         tr.batches.close()
+
+
+def test_collected_store_keeps_its_classification_and_checks_it(tiny, tmp_path):
+    from hsae.config import UserError
+    from hsae.data.ordinary import FILE, norms, outlier_threshold, special_rows
+
+    path = collect_tiny(tiny, out="s3")
+    s = Store(path)
+    assert (path / FILE).is_file() and s.meta["excluded"]["file"] == FILE
+    # what was saved equals a fresh classification of the rows
+    sp = special_rows(s)
+    n = norms(s)
+    fresh = ~(sp | (n > outlier_threshold(n, sp)))
+    assert np.array_equal(s.ordinary, fresh)
+    (path / FILE).write_bytes(b"garbage")
+    with pytest.raises(UserError, match="checksum"):
+        Store(path).ordinary

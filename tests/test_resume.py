@@ -68,3 +68,26 @@ def test_killed_run_resumes_to_identical_weights(synth, reference, tmp_path, sig
     ref_log = (reference / "train_log.jsonl").read_text().splitlines()
     log = (out / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(l)["step"] for l in log] == [json.loads(l)["step"] for l in ref_log]
+
+
+def test_checkpoint_from_an_older_hsae_is_refused_in_one_line(tmp_path, capsys):
+    """A checkpoint whose state means something else (an older controller, no live masks)
+    cannot be continued as the same run: one line saying what to do, exit 2."""
+    from hsae.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "d"), "--d", "8", "--branching", "2,2", "--tokens", "4000",
+                 "--quiet"]) == 0
+    run = tmp_path / "run"
+    args = ["train", "--acts", str(tmp_path / "d"), "--out", str(run), "--levels", "2,4", "--l0", "1",
+            "--steps", "40", "--batch-size", "64", "--quiet"]
+    import json
+    from hsae.config import TrainConfig
+
+    run.mkdir()
+    cfg = TrainConfig(levels=[2, 4], l0=[1.0], steps=40, batch_size=64, acts=str(tmp_path / "d"), d=8)
+    (run / "config.json").write_text(cfg.to_json())
+    torch.save({"step": 10, "assigned": False, "ctrl": {"lambdas": [0.1, 0.1], "ema": None}}, run / "checkpoint.pt")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "older hsae" in err[0]
+    assert json.loads((run / "config.json").read_text())["steps"] == 40

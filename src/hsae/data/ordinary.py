@@ -10,8 +10,9 @@ rebuild them) but are kept out of training and of the metrics:
   special tokens and the first tokens of a document) have norms up to 150x the median and
   carry ~90% of the total variance: left in, they dominate the MSE the SAEs are trained on
   and the variance explained they are judged by.
-A store without per-row tokens (synthetic, a plain matrix) has only the norm rule. The rule's
-counts are written to a collected store's manifest as `excluded`.
+A store without per-row tokens (synthetic, a plain matrix) has only the norm rule. A
+collected store keeps the result (`excluded.safetensors`: the excluded row indices, with its
+sha256 and the counts in the manifest's `excluded`), so readers do not pass over every row.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import json
 
 import numpy as np
 
-from .store import MANIFEST, SCALE_ROWS, Store, atomic_write
+from .store import MANIFEST, SCALE_ROWS, Store, atomic_write, file_sha256, publish
+
+FILE = "excluded.safetensors"  # int64 "rows": the excluded rows of a collected store, ascending
 
 OUTLIER_FACTOR = 5.0  # a row above this multiple of the median norm is a massive activation
 CHUNK = 65536
@@ -51,6 +54,9 @@ def outlier_threshold(n: np.ndarray, special: np.ndarray) -> float:
 
 def classify(store) -> tuple[np.ndarray, dict]:
     """(ordinary bool [rows], summary with the counts of each excluded kind and the threshold)."""
+    saved = (store.meta.get("excluded") or {}) if store.path.is_dir() else {}
+    if saved.get("file"):
+        return _load(store, saved), saved
     special = special_rows(store)
     n = norms(store)
     thr = outlier_threshold(n, special)
@@ -61,10 +67,35 @@ def classify(store) -> tuple[np.ndarray, dict]:
     return keep, summary
 
 
+def _load(store, saved: dict) -> np.ndarray:
+    """The ordinary mask from a store's excluded.safetensors, checked against its sha256."""
+    from safetensors.numpy import load_file
+
+    from ..config import UserError
+    from .store import REPAIR
+
+    f = store.path / saved["file"]
+    if not f.is_file() or file_sha256(f) != saved["sha256"]:
+        raise UserError(f"{f} is missing or does not match its checksum; {REPAIR}")
+    rows = load_file(str(f))["rows"]
+    if rows.size and (rows.min() < 0 or rows.max() >= store.rows):
+        raise UserError(f"{f} names rows outside the store; {REPAIR}")
+    keep = np.ones(store.rows, dtype=bool)
+    keep[rows] = False
+    return keep
+
+
 def record_exclusions(path) -> dict:
-    """Add the `excluded` summary to a finished store's manifest; returns the manifest."""
+    """Classify a finished store's rows once, write excluded.safetensors and the `excluded`
+    summary into its manifest; returns the manifest."""
+    from safetensors.numpy import save_file
+
     store = Store(path)
-    store.ordinary  # noqa: B018 (computes store.excluded)
-    manifest = {**store.meta, "excluded": store.excluded}
+    keep, summary = classify(store)
+    tmp = store.path / (FILE + ".tmp")
+    save_file({"rows": np.flatnonzero(~keep).astype(np.int64)}, str(tmp))
+    summary = {**summary, "file": FILE, "sha256": file_sha256(tmp)}
+    publish(tmp, store.path / FILE)
+    manifest = {**store.meta, "excluded": summary}
     atomic_write(store.path / MANIFEST, json.dumps(manifest, indent=2).encode())
     return manifest

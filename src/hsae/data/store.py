@@ -58,7 +58,7 @@ def estimate_scale(x: np.ndarray) -> float:
 
     norms = np.linalg.norm(x.astype(np.float64), axis=1)
     norms = norms[np.isfinite(norms)]  # bad rows are counted and refused later, not here
-    if len(norms):  # massive activations (data/ordinary.py) would set the scale of every other row
+    if len(norms) and np.median(norms) > 0:  # massive activations (data/ordinary.py) would set everyone's scale
         norms = norms[norms <= OUTLIER_FACTOR * np.median(norms)]
     mean = float(norms.mean()) if len(norms) else 0.0
     if not math.isfinite(mean) or mean <= 0:

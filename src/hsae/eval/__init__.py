@@ -36,11 +36,13 @@ def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: in
     (eval/chance.py; 0: none); "config" holds the run's TrainConfig, to group runs by seed.
     splice: add the model's CE loss recovered and KL per level (eval/splice.py);
     absorption: add SAEBench first-letter absorption per level (eval/absorption.py)."""
-    cfg, model, _ = load_run(run)
+    cfg, model, scale = load_run(run)
     acts = acts or cfg.acts
     store = Store(acts)
     if store.d != model.d:
         raise UserError(f"model has d={model.d} but {acts} has d={store.d}")
+    # the model works on (its training scale) * raw rows, whatever this store's own estimate is
+    store.scale = scale
     _, rows = store.split(cfg.holdout)
     held = store.ordinary[rows.start:rows.stop]
     if not held.any():

@@ -101,7 +101,7 @@ def page_data(run: str | Path, maps: str = "auto", seed: int = 0, progress: bool
             ex[kind] = {"row": _b64(c.array(l, f"{kind}_row").astype(np.int32)),
                         "act": _b64(c.array(l, f"{kind}_act").astype(np.float32)), "q": _b64(q)}
         hist = c.array(l, "hist")
-        d = {"n": n, "freq": _round(fires / c.n_rows), "mean": _round(mean, 3), "max": _round(fmax, 3),
+        d = {"n": n, "freq": _round(fires / max(1, c.n_ordinary)), "mean": _round(mean, 3), "max": _round(fmax, 3),
              "thr": _round(c.array(l, "threshold"), 3), "hist": hist.tolist(),
              "promoted": lut[c.array(l, "promoted")].tolist(),
              "root": roots[l].tolist(), "ex": ex, "map": _round(map2(W, maps, seed).ravel(), 3),

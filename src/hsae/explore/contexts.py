@@ -13,7 +13,7 @@ Stable Python API (the LLM judge and the Neuronpedia export are built on it):
     ex[0].act                    # float: activation on that token (== values[index])
     ex[0].row                    # int: row of the activation store
     ex[0].text("<<", ">>")       # the window as one string, the activating token marked
-    c.frequency(level, fid)      # fraction of the scanned rows on which it fires
+    c.frequency(level, fid)      # fraction of the scanned ordinary rows on which it fires
     c.mean_act(level, fid)       # mean activation over the rows where it fires (0 if never)
     c.histogram(level, fid)      # list of (lo, hi, count): activations in [lo, hi); last hi is inf
     c.promoted(level, fid)       # list[str]: tokens its decoder row raises most (logit lens)
@@ -114,6 +114,8 @@ class Contexts:
         self.k, self.before, self.after = self.info["k"], self.info["before"], self.info["after"]
         self.row_start = self.info["rows"][0]
         self.n_rows = self.info["rows"][1] - self.row_start
+        # rows a feature could fire on: the scanned rows minus those kept out of training (data/ordinary.py)
+        self.n_ordinary = self.info.get("ordinary_rows", self.n_rows)
         self.sizes = [len(self._t[f"levels.{l}.fires"]) for l in range(self.info["levels"])]
         self.tokens = self._t["rows.tokens"]
 
@@ -152,7 +154,7 @@ class Contexts:
     def frequency(self, level: int, fid: int) -> float:
         """Fraction of the scanned rows on which the feature fires."""
         self._check(level, fid)
-        return float(self.array(level, "fires")[fid]) / self.n_rows
+        return float(self.array(level, "fires")[fid]) / max(1, self.n_ordinary)
 
     def mean_act(self, level: int, fid: int) -> float:
         """Mean activation over the rows where it fires (0.0 if it never fires)."""
@@ -243,6 +245,7 @@ def build_contexts(run: str | Path, acts: str | Path | None = None, k: int = 20,
     info = {"format": FORMAT, "version": VERSION, "levels": len(levels), "k": k, "before": before, "after": after,
             "seed": seed, "rows": [rows.start, rows.stop], "row_mode": "all" if all_rows else "holdout",
             "edge_rows": [held.start, held.stop], "store": str(store.path), "model": str(spec),
+            "ordinary_rows": int(store.ordinary[rows.start:rows.stop].sum()),
             "layer": src.get("layer"), "bins_per_octave": BINS_PER_OCTAVE, "n_bins": N_BINS,
             "scan_seconds": round(seconds, 2), "vocab": token_strings(lm[1], sorted(used))}
     path = run / FILE

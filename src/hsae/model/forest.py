@@ -109,10 +109,11 @@ class CoActivation:
     def __init__(self, n_parent: int, n_child: int, device: str | torch.device = "cpu", alpha: float = 10.0,
                  min_count: float = 10.0):
         self.alpha, self.min_count = alpha, min_count
-        self.both = torch.zeros(n_child, n_parent, device=device)
-        self.child = torch.zeros(n_child, device=device)
-        self.parent = torch.zeros(n_parent, device=device)
-        self.rows = torch.zeros((), device=device)
+        # float64: a float32 count stops growing at 2^24
+        self.both = torch.zeros(n_child, n_parent, device=device, dtype=torch.float64)
+        self.child = torch.zeros(n_child, device=device, dtype=torch.float64)
+        self.parent = torch.zeros(n_parent, device=device, dtype=torch.float64)
+        self.rows = torch.zeros((), device=device, dtype=torch.float64)
 
     def update(self, active_p: torch.Tensor, active_c: torch.Tensor) -> None:
         """Add one batch of bool activity [B, n_p], [B, n_c] (a data-parallel rank adds its slice)."""
@@ -127,9 +128,9 @@ class CoActivation:
             t.mul_(factor)
 
     def estimate(self) -> torch.Tensor:
-        """Smoothed P(parent | child) [n_c, n_p]; -inf for children below min_count."""
+        """Smoothed P(parent | child) [n_c, n_p] (float32); -inf for children below min_count."""
         base = self.parent / self.rows.clamp_min(1)
-        p = (self.both + self.alpha * base[None, :]) / (self.child[:, None] + self.alpha)
+        p = ((self.both + self.alpha * base[None, :]) / (self.child[:, None] + self.alpha)).float()
         return p.masked_fill((self.child < self.min_count)[:, None], _NEG)
 
     def topk(self, k: int = 1, live_c=None, live_p=None, hub: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +168,7 @@ def add_pair_counts(out: torch.Tensor, active_p: torch.Tensor, active_c: torch.T
     reps = kp[rc]
     total = int(reps.sum())
     if total > max_pairs:
-        return out.add_(active_c.t().float() @ active_p.float())
+        return out.add_((active_c.t().float() @ active_p.float()).to(out.dtype))
     start = torch.cumsum(kp, 0) - kp
     ci = cc.repeat_interleave(reps)
     base = (torch.cumsum(reps, 0) - reps).repeat_interleave(reps)

@@ -32,7 +32,7 @@ class L0Controller:
     def __init__(self, targets: list[float], lambda_init: float, gain: float, beta: float = 0.9,
                  rate: float = 0.001, steps: int = 0):
         self.targets, self.gain, self.beta = list(targets), gain, beta
-        self.rate = max(rate, 20.0 / steps) if steps else rate
+        self.rate = min(1.0, max(rate, 20.0 / steps) if steps else rate)  # r never overshoots the target
         self.lambdas = [lambda_init] * len(targets)
         self.ema: list[float] | None = None  # observed L0 (m_t)
         self.ref: list[float] | None = None  # desired L0 (r_t)

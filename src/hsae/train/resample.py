@@ -50,6 +50,8 @@ def resample_level(level, dead: torch.Tensor, x: torch.Tensor, opt: torch.optim.
         if bool(on.any()):
             weight = weight * on
     idx = idx[:int((weight > 1e-12).sum())]
+    if idx.numel() == 0:  # nothing left to reconstruct
+        return idx
     g = torch.Generator(device=x.device).manual_seed(seed)
     rows = torch.multinomial(weight, idx.numel(), replacement=False, generator=g)
     u = _unit(x[rows] - x_hat[rows])

@@ -39,9 +39,10 @@ from .schedule import lr_at
 # Batches kept ready ahead of the training step: a few (the window read-ahead absorbs slow
 # reads), and no more than this many bytes; more would only compete with training for CPU.
 PREFETCH_BATCHES, PREFETCH_BYTES = 4, 64 << 20
-# Co-activation counts are halved at every hierarchy update: the estimate weighs the last
-# period most and forgets the early, dense phase of training.
+# Co-activation counts are halved every update period (HSAE and baseline alike): the estimate
+# weighs the last period most and forgets the early, dense phase of training.
 COACT_DECAY = 0.5
+CHECKPOINT_FORMAT = 2  # bumped when the checkpoint's state changes meaning (2: PI controller, live masks)
 
 
 class _Loss(nn.Module):
@@ -119,6 +120,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where this step left off (call _gather_partials first)."""
         return {
+            "format": CHECKPOINT_FORMAT,
             "step": self.step, "assigned": self.assigned, "model": self.model.state_dict(),
             "opt": self.opt.state_dict(), "ctrl": self.ctrl.state_dict(), "fires": self.fires, "dead": self.dead,
             "live": self.live,
@@ -128,6 +130,9 @@ class Trainer:
     def load_state_dict(self, s: dict) -> None:
         """Restore from state_dict() (written on any device and world size)."""
         dev = self.device
+        if s.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{self.out / CHECKPOINT} was written by an older hsae and cannot be continued; "
+                            "delete it (or use another --out) to restart the run")
         self.step, self.assigned = s["step"], s["assigned"]
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["opt"])  # moves the moments to the parameters' device
@@ -224,6 +229,9 @@ class Trainer:
         if self._update_due():
             self.assign()
             rec["forest"] = self.forest_stats
+        if self.step % cfg.update_period == 0:
+            for c in self.coact or []:
+                c.decay(COACT_DECAY)
         return rec
 
     def _update_due(self) -> bool:
@@ -274,8 +282,6 @@ class Trainer:
         tree = "partial" if self.cfg.tree == "fixed" else self.cfg.tree
         self.forest_stats = update_forest(self.model, self.cfg.similarity, tree, self.cfg.orphan_quantile,
                                           self.coact, self.live, self.cfg.hub)
-        for c in self.coact or []:
-            c.decay(COACT_DECAY)
         if not self.dist.main:
             for t in parts:  # ...then rank 0 keeps them and the other parts restart at 0
                 t.zero_()
