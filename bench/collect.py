@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hsae.data.collect import collect_with, contexts_of, load_model, residual
-from hsae.train.dist import resolve_device
+from hsae.device import resolve_device
 
 
 def main():

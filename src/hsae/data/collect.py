@@ -108,7 +108,7 @@ def collect(model: str, layer: int, corpus: str, tokens: int, out: str | Path, c
     repair=True first keeps only the shards before the first one that fails its checksum, so
     the same command re-collects the rest (collection is deterministic).
     """
-    from ..train.dist import resolve_device
+    from ..device import resolve_device
 
     out = Path(out)
     if repair:

@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..config import UserError
+from ..explore.contexts import load_contexts
 from ..rundir import load_run
 
 
@@ -81,13 +82,6 @@ def backend_from(a, prefill: str = "", max_tokens: int = 60):
     return OpenAIChat(a.base_url, a.api_model, cache=cache, concurrency=a.concurrency, retries=a.retries)
 
 
-def contexts_of(run: str):
-    """The explorer's contexts of a run (`hsae contexts RUN` writes them)."""
-    from ..explore.contexts import load_contexts
-
-    return load_contexts(run)
-
-
 def _stats(b) -> str:
     s = b.stats
     last = getattr(b, "last_error", None)  # why requests failed, when they did
@@ -101,7 +95,7 @@ def run_judge(a) -> int:
 
     if a.pairs < 1:
         raise UserError("--pairs must be positive")
-    jobs = [(r, load_run(r)[1], contexts_of(r)) for r in a.runs]  # fail on a bad run before any request
+    jobs = [(r, load_run(r)[1], load_contexts(r)) for r in a.runs]  # fail on a bad run before any request
     backend = backend_from(a, prefill="HaveRelationship:", max_tokens=16)
     results = {}
     for run, model, ctx in jobs:
@@ -122,7 +116,7 @@ def run_explain(a) -> int:
     from .judge import examples_of, explain_features, merge_explanations
 
     _, model, _ = load_run(a.run)
-    ctx = contexts_of(a.run)
+    ctx = load_contexts(a.run)
     levels = a.levels if a.levels is not None else list(range(len(model.levels)))
     if any(not 0 <= l < len(model.levels) for l in levels):
         raise UserError(f"--levels must be within 0..{len(model.levels) - 1}")

@@ -32,6 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..data.store import atomic_write
+from ..explore.contexts import load_contexts
 from ..rundir import load_run
 from .source import model_name, store_source
 
@@ -93,10 +94,9 @@ def edge_json(ctx, model, l: int, c: int, sources: list[str]) -> dict:
 
 def export_neuronpedia(run: str | Path, out: str | Path, progress: bool = True) -> dict:
     """Write the Neuronpedia files of every level and the forest; returns counts."""
-    from .commands import contexts_of
 
     cfg, model, scale = load_run(run)
-    ctx = contexts_of(str(run))
+    ctx = load_contexts(str(run))
     src = store_source(cfg)
     layer = src.get("layer")
     model_id = slug(model_name(src).split("/")[-1])
