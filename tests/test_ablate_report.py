@@ -171,3 +171,10 @@ def test_comparison_table_shows_groups_with_spread_and_chance():
     per = comparison_table(evals, paper=False, per_run=True).splitlines()
     assert [ln.split("|")[1].strip() for ln in per[2:5]] == ["a-s0", "a-s1", "old"]
     assert per[0].startswith("| model | L0 |") and per[2].endswith("4.000 (9.000) |")
+
+
+def test_family_cell_reads_the_children_histogram():
+    from hsae.eval.report import family_cell
+
+    assert family_cell([0, 3, 0, 1]) == "3 / 1.5"  # three parents with one child, one with three
+    assert family_cell([0]) == "-"

@@ -145,13 +145,23 @@ def comparison_table(evals: dict[str, dict], paper: bool = True, per_run: bool =
     if rec:
         lines += ["", "| " + " | ".join(lead + RECOVERY) + " |", "|---" * (len(lead) + len(RECOVERY)) + "|"]
         lines += [line(n, g, [_cell(g["columns"].get(c)) for c in RECOVERY]) for n, g in rec.items()]
-    levels = {n: ev["levels"] for n, ev in evals.items()}
-    lines += ["", "| model | level | features | L0 | var.expl. | dead |", "|---|---|---|---|---|---|"]
-    for n, lv in levels.items():
-        lines += [f"| {n} | {i} | {v['n_features']} | {v['l0']:.2f} | {v['var_explained']:.3f} | {v['dead_fraction']:.3f} |"
-                  for i, v in enumerate(lv)]
+    lines += ["", "| model | level | features | L0 | var.expl. | dead | children per parent: largest / mean |",
+              "|---|---|---|---|---|---|---|"]
+    for n, ev in evals.items():
+        fams = ev["hierarchy"].get("children_per_parent", [])
+        lines += [f"| {n} | {i} | {v['n_features']} | {v['l0']:.2f} | {v['var_explained']:.3f} | {v['dead_fraction']:.3f} | "
+                  f"{family_cell(fams[i]) if i < len(fams) else '-'} |" for i, v in enumerate(ev["levels"])]
     extra = _level_tables(evals)
     return "\n".join(lines + ([""] + extra if extra else [])).rstrip()
+
+
+def family_cell(hist: list[int]) -> str:
+    """'largest / mean' family size from a children-per-parent histogram (hist[k] parents with k children)."""
+    n = sum(hist[1:])
+    if not n:
+        return "-"
+    largest = max(k for k, c in enumerate(hist) if c and k)
+    return f"{largest} / {sum(k * c for k, c in enumerate(hist)) / n:.1f}"
 
 
 def name_of(path: str | Path, ev: dict) -> str:
