@@ -54,16 +54,22 @@ def test_coactivation_is_smoothed_and_counts_only_cofirings():
     assert co.rows == B / 2 and torch.allclose(co.estimate()[0], p[0], atol=0.02)
 
 
-def test_dead_features_are_never_parents_nor_children():
+def _planted(true_parent: torch.Tensor) -> HSAE:
+    """6 parents and 18 children whose vectors are their true parent's plus noise."""
     torch.manual_seed(0)
     m = HSAE(32, [6, 18])
-    true_parent = torch.arange(18) % 6
     with torch.no_grad():
         base = m.levels[0].W_dec
         m.levels[1].W_dec.copy_(base[true_parent] + 0.3 * torch.randn(18, 32) / 32**0.5)
         m.levels[1].W_enc.copy_(m.levels[1].W_dec.t())
         m.levels[0].W_enc.copy_(base.t())
     m.normalize_decoder()
+    return m
+
+
+def test_dead_features_are_never_parents_nor_children():
+    true_parent = torch.arange(18) % 6
+    m = _planted(true_parent)
     live = [torch.ones(6, dtype=torch.bool), torch.ones(18, dtype=torch.bool)]
     live[0][2] = False  # a dead parent: its children must go elsewhere or be orphans
     live[1][[0, 1]] = False  # dead children: never linked
@@ -114,15 +120,8 @@ def test_pair_counts_sparse_equals_dense():
 
 
 def test_update_forest_recovers_noisy_children():
-    torch.manual_seed(0)
-    m = HSAE(32, [6, 18])
-    true_parent = torch.randperm(18) % 6
-    with torch.no_grad():
-        base = m.levels[0].W_dec
-        m.levels[1].W_dec.copy_(base[true_parent] + 0.3 * torch.randn(18, 32) / 32**0.5)
-        m.levels[1].W_enc.copy_(m.levels[1].W_dec.t())
-        m.levels[0].W_enc.copy_(base.t())
-    m.normalize_decoder()
+    true_parent = torch.randperm(18, generator=torch.Generator().manual_seed(0)) % 6
+    m = _planted(true_parent)
     for sim in ("encoder", "decoder"):
         update_forest(m, sim, "full")
         assert torch.equal(m.parent(1), true_parent)
