@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -457,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"hsae: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`): not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
