@@ -18,7 +18,6 @@ import torch
 def main() -> None:
     """Print one JSON object per (run, hub rule)."""
     from hsae.data.store import Store
-    from hsae.eval import _heldout_batches
     from hsae.eval.metrics import evaluate
     from hsae.model import update_forest
     from hsae.rundir import load_run
@@ -32,7 +31,7 @@ def main() -> None:
         store = Store(cfg.acts)
         store.scale = scale
         _, rows = store.split(cfg.holdout)
-        batches = lambda: _heldout_batches(store, rows, 4096)  # noqa: E731
+        batches = lambda: store.ordinary_batches(rows, 4096)  # noqa: E731
         with torch.no_grad():
             fires = [torch.zeros(n) for n in model.sizes]
             for x in batches():

@@ -21,11 +21,9 @@ import json
 
 import numpy as np
 
-from .store import MANIFEST, SCALE_ROWS, Store, atomic_write, file_sha256, publish
+from .store import MANIFEST, OUTLIER_FACTOR, SCALE_ROWS, Store, atomic_write, file_sha256, publish
 
 FILE = "excluded.safetensors"  # int64 "rows": the excluded rows of a collected store, ascending
-
-OUTLIER_FACTOR = 5.0  # a row above this multiple of the median norm is a massive activation
 CHUNK = 65536
 
 

@@ -27,6 +27,7 @@ from ..config import UserError
 MANIFEST = "manifest.json"
 REPAIR = "repair it by rerunning the `hsae collect` command that made it with --repair"
 SCALE_ROWS = 65536  # rows used to estimate the normalisation scale, from the start of the data
+OUTLIER_FACTOR = 5.0  # a row above this multiple of the median norm is a massive activation (data/ordinary.py)
 
 
 def publish(tmp: Path, path: Path) -> None:
@@ -54,8 +55,6 @@ def file_sha256(path: Path) -> str:
 
 def estimate_scale(x: np.ndarray) -> float:
     """The constant c with mean ||c x|| = sqrt(d) over the finite, not massive rows of x."""
-    from .ordinary import OUTLIER_FACTOR
-
     norms = np.linalg.norm(x.astype(np.float64), axis=1)
     norms = norms[np.isfinite(norms)]  # bad rows are counted and refused later, not here
     if len(norms) and np.median(norms) > 0:  # massive activations (data/ordinary.py) would set everyone's scale
@@ -74,8 +73,7 @@ class Store:
         self._files: list = []  # per shard: a memory-mapped array or an open safetensors handle
         self._verified: set[int] = set()  # shards whose sha256 was checked in this process
         self._key: str = "acts"
-        self._ordinary: np.ndarray | None = None
-        self.excluded: dict | None = None  # counts of the rows kept out of training and metrics
+        self._classified: tuple[np.ndarray, dict] | None = None  # (ordinary mask, excluded summary)
         if self.path.is_dir():
             self._open_dir()
         elif self.path.suffix == ".npy" and self.path.is_file():
@@ -131,14 +129,29 @@ class Store:
         self.shard_rows = [self.rows]
         self._files = [handle]
 
+    def _classification(self) -> tuple[np.ndarray, dict]:
+        if self._classified is None:
+            from .ordinary import classify
+
+            self._classified = classify(self)
+        return self._classified
+
     @property
     def ordinary(self) -> np.ndarray:
         """bool [rows]: the rows training and metrics use (data/ordinary.py), computed once."""
-        if self._ordinary is None:
-            from .ordinary import classify
+        return self._classification()[0]
 
-            self._ordinary, self.excluded = classify(self)
-        return self._ordinary
+    @property
+    def excluded(self) -> dict:
+        """Counts of the rows kept out of training and metrics, and the outlier norm threshold."""
+        return self._classification()[1]
+
+    def ordinary_batches(self, rows: range, batch_size: int):
+        """The normalised ordinary rows among `rows`, in order, in batches of at most batch_size."""
+        keep = torch.from_numpy(self.ordinary)
+        for a in range(rows.start, rows.stop, batch_size):
+            b = min(rows.stop, a + batch_size)
+            yield self.batch(a, b)[keep[a:b]]
 
     @property
     def truth_path(self) -> Path | None:

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator
-
-import torch
-
 from ..config import UserError
 from ..data.store import Store
 from ..data.synth import load_truth
@@ -16,15 +12,6 @@ from .metrics import evaluate
 from .recovery import tree_recovery
 
 __all__ = ["evaluate", "tree_recovery", "evaluate_run"]
-
-
-def _heldout_batches(store: Store, rows: range, batch_size: int) -> Iterator[torch.Tensor]:
-    """The ordinary evaluation rows of `store` (data/ordinary.py: no special tokens, no massive
-    activations) in batches of at most batch_size, in order."""
-    keep = torch.from_numpy(store.ordinary)
-    for a in range(rows.start, rows.stop, batch_size):
-        b = min(rows.stop, a + batch_size)
-        yield store.batch(a, b)[keep[a:b]]
 
 
 def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: int = 4096, splice: bool = False,
@@ -48,7 +35,7 @@ def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: in
     if not held.any():
         raise UserError(f"{acts}: no ordinary held-out rows (all are special tokens or massive activations)")
     # a callable, so that evaluate can make its two passes (firing counts, then metrics)
-    ev = evaluate(model, lambda: _heldout_batches(store, rows, batch_size), chance_draws, chance_seed)
+    ev = evaluate(model, lambda: store.ordinary_batches(rows, batch_size), chance_draws, chance_seed)
     out = {"run": str(run), "acts": str(acts), "baseline": cfg.baseline, "config": dataclasses.asdict(cfg),
            "rows_excluded": {**store.excluded, "heldout_excluded": int((~held).sum())}, **ev}
     if store.truth_path is not None and store.truth_path.is_file():

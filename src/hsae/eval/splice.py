@@ -143,6 +143,5 @@ def splice_store(store: Store, rows: range, model: HSAE, n_contexts: int = 16, p
     if err > 1e-2:
         raise UserError(f"{store.path}: model {src['model']} layer {src['layer']} does not reproduce the stored "
                         f"activations (relative error {err:.3g}); was the store collected with another model?")
-    store.ordinary  # noqa: B018 (sets store.excluded: the outlier threshold)
     return splice_eval(lm, int(src["layer"]), model, store.scale, contexts, progress=progress,
                        special_ids=src.get("special_ids") or [], outlier_norm=store.excluded["outlier_norm"])

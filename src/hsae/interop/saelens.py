@@ -136,15 +136,13 @@ def to_normalised(cfg: dict, w: dict[str, torch.Tensor], scale: float) -> dict[s
 def mean_l0(model: HSAE, store: Store, rows: range, n: int = 16384, batch: int = 4096) -> list[float]:
     """Mean L0 per level on the ordinary rows among the first n of the given rows (recorded as the
     imported run's target L0)."""
-    stop = min(rows.stop, rows.start + n)
-    keep = torch.from_numpy(store.ordinary)
+    first = range(rows.start, min(rows.stop, rows.start + n))
     tot = [0.0] * len(model.levels)
     with torch.no_grad():
-        for a in range(rows.start, stop, batch):
-            b = min(stop, a + batch)
-            for l, acts in enumerate(model.encode(store.batch(a, b)[keep[a:b]])):
+        for x in store.ordinary_batches(first, batch):
+            for l, acts in enumerate(model.encode(x)):
                 tot[l] += float((acts > 0).sum())
-    return [t / max(1, int(keep[rows.start:stop].sum())) for t in tot]
+    return [t / max(1, int(store.ordinary[first.start:first.stop].sum())) for t in tot]
 
 
 def import_saelens(dirs: list[str | Path], acts: str | Path, out: str | Path, similarity: str = "encoder",
