@@ -91,3 +91,34 @@ def test_checkpoint_from_an_older_hsae_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "older hsae" in err[0]
     assert json.loads((run / "config.json").read_text())["steps"] == 40
+
+
+class _Evil:
+    """Unpickling this would create a file: a received checkpoint must never get that far."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("kind", ["code", "garbage"])
+def test_a_checkpoint_that_would_run_code_or_is_corrupt_is_refused_in_one_line(tmp_path, capsys, kind):
+    from hsae.config import TrainConfig
+
+    assert main(["synth", "--out", str(tmp_path / "d"), "--d", "8", "--branching", "2,2", "--tokens", "4000",
+                 "--quiet"]) == 0
+    run, marker = tmp_path / "run", tmp_path / "ran"
+    run.mkdir()
+    cfg = TrainConfig(levels=[2, 4], l0=[1.0], steps=40, batch_size=64, acts=str(tmp_path / "d"), d=8)
+    (run / "config.json").write_text(cfg.to_json())
+    if kind == "code":
+        torch.save({"format": 2, "step": _Evil(marker)}, run / "checkpoint.pt")
+    else:
+        (run / "checkpoint.pt").write_bytes(b"\x80\x04 not a checkpoint")
+    assert main(["train", "--acts", str(tmp_path / "d"), "--out", str(run), "--levels", "2,4", "--l0", "1",
+                 "--steps", "40", "--batch-size", "64", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unreadable checkpoint" in err[0]
+    assert not marker.exists()

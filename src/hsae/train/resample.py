@@ -26,10 +26,6 @@ BUSY = 1.5  # a feature firing above this multiple of its level's mean rate is b
 RESAMPLE_UNTIL = 0.5  # fraction of the run after which dead features are no longer restarted
 
 
-def _unit(v: torch.Tensor) -> torch.Tensor:
-    return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 @torch.no_grad()
 def resample_level(level, dead: torch.Tensor, x: torch.Tensor, opt: torch.optim.Optimizer, rate: float,
                    seed: int = 0) -> torch.Tensor:
@@ -44,17 +40,16 @@ def resample_level(level, dead: torch.Tensor, x: torch.Tensor, opt: torch.optim.
     a = level.encode(x)
     x_hat = level.decode(a)
     weight = (x - x_hat).square().sum(1).float().clamp_min(0) + 1e-12
-    if BUSY is not None:  # only rows where a feature firing far above the level's mean rate fires
-        busy = (a > 0).float().mean(0) > BUSY * rate
-        on = (a[:, busy] > 0).any(1)
-        if bool(on.any()):
-            weight = weight * on
+    busy = (a > 0).float().mean(0) > BUSY * rate  # features firing far above the level's mean rate
+    on = (a[:, busy] > 0).any(1)
+    if bool(on.any()):  # only the rows where a busy feature fires
+        weight = weight * on
     idx = idx[:int((weight > 1e-12).sum())]
     if idx.numel() == 0:  # nothing left to reconstruct
         return idx
     g = torch.Generator(device=x.device).manual_seed(seed)
     rows = torch.multinomial(weight, idx.numel(), replacement=False, generator=g)
-    u = _unit(x[rows] - x_hat[rows])
+    u = torch.nn.functional.normalize(x[rows] - x_hat[rows], dim=1, eps=1e-12)
     level.W_dec[idx] = u
     level.W_enc[:, idx] = u.t() * level.W_enc[:, live].norm(dim=0).mean()
     level.b_enc[idx] = 0.0

@@ -158,7 +158,12 @@ class Trainer:
     def _resume_or_start(self) -> None:
         ck = self.out / CHECKPOINT
         if ck.is_file():
-            self.load_state_dict(torch.load(ck, map_location="cpu", weights_only=False))
+            try:  # weights_only: tensors and plain containers only, so a received checkpoint cannot run code
+                state = torch.load(ck, map_location="cpu", weights_only=True)
+            except Exception as e:  # torch raises several types for damaged or foreign files
+                raise UserError(f"{ck}: unreadable checkpoint ({str(e).splitlines()[0][:200]}); "
+                                "delete it (or use another --out) to restart the run") from None
+            self.load_state_dict(state)
             # Drop log lines written after the checkpoint; they will be written again.
             log = self.out / LOG
             if log.is_file() and self.dist.main:
