@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from hsae.cli import main
+from hsae.train.checkpoint import load_checkpoint
 
 STEPS = 300
 # Co-activation similarity and ghost grads exercise every statistic that ranks must share.
@@ -43,12 +44,12 @@ def _stop_after_checkpoint(synth, out, procs):
     """Start a run, SIGTERM it once a checkpoint exists; returns the step it stopped at."""
     p = subprocess.Popen(_cmd(synth, out, procs), env=ENV)
     deadline = time.time() + 120
-    while time.time() < deadline and p.poll() is None and not (out / "checkpoint.pt").exists():
+    while time.time() < deadline and p.poll() is None and not (out / "checkpoint.safetensors").exists():
         time.sleep(0.02)
     p.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
     p.wait(timeout=120)
-    assert (out / "checkpoint.pt").exists() and not (out / "model.safetensors").exists()
-    return torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert (out / "checkpoint.safetensors").exists() and not (out / "model.safetensors").exists()
+    return load_checkpoint(out / "checkpoint.safetensors")["step"]
 
 
 def _assert_same_run(a: Path, b: Path):

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from hsae.cli import main
+from hsae.train.checkpoint import save_checkpoint
 
 STEPS = 1500
 
@@ -34,7 +35,7 @@ def _stop_midway(cmd, out, sig):
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
         log = out / "train_log.jsonl"
-        if (out / "checkpoint.pt").exists() and log.exists() and len(log.read_text().splitlines()) > 40:
+        if (out / "checkpoint.safetensors").exists() and log.exists() and len(log.read_text().splitlines()) > 40:
             break
         time.sleep(0.02)
     p.send_signal(sig)
@@ -70,10 +71,10 @@ def test_killed_run_resumes_to_identical_weights(synth, reference, tmp_path, sig
     assert [json.loads(l)["step"] for l in log] == [json.loads(l)["step"] for l in ref_log]
 
 
-def test_checkpoint_from_an_older_hsae_is_refused_in_one_line(tmp_path, capsys):
-    """A checkpoint whose state means something else (an older controller, no live masks)
-    cannot be continued as the same run: one line saying what to do, exit 2."""
-    from hsae.cli import main
+@pytest.mark.parametrize("kind", ["pickle", "format 2"])
+def test_checkpoint_from_an_older_hsae_is_refused_in_one_line(tmp_path, capsys, kind):
+    """A checkpoint whose state means something else (an older controller, no live masks), or
+    an old pickled checkpoint.pt, cannot be continued as the same run: one line, exit 2."""
 
     assert main(["synth", "--out", str(tmp_path / "d"), "--d", "8", "--branching", "2,2", "--tokens", "4000",
                  "--quiet"]) == 0
@@ -86,7 +87,11 @@ def test_checkpoint_from_an_older_hsae_is_refused_in_one_line(tmp_path, capsys):
     run.mkdir()
     cfg = TrainConfig(levels=[2, 4], l0=[1.0], steps=40, batch_size=64, acts=str(tmp_path / "d"), d=8)
     (run / "config.json").write_text(cfg.to_json())
-    torch.save({"step": 10, "assigned": False, "ctrl": {"lambdas": [0.1, 0.1], "ema": None}}, run / "checkpoint.pt")
+    state = {"format": 2, "step": 10, "assigned": False, "ctrl": {"lambdas": [0.1, 0.1], "ema": None}}
+    if kind == "pickle":
+        torch.save(state, run / "checkpoint.pt")
+    else:
+        save_checkpoint(state, run / "checkpoint.safetensors")
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "older hsae" in err[0]
@@ -114,9 +119,11 @@ def test_a_checkpoint_that_would_run_code_or_is_corrupt_is_refused_in_one_line(t
     cfg = TrainConfig(levels=[2, 4], l0=[1.0], steps=40, batch_size=64, acts=str(tmp_path / "d"), d=8)
     (run / "config.json").write_text(cfg.to_json())
     if kind == "code":
+        # the pickle under the old name and under the new one: neither is ever unpickled
         torch.save({"format": 2, "step": _Evil(marker)}, run / "checkpoint.pt")
+        torch.save({"format": 3, "step": _Evil(marker)}, run / "checkpoint.safetensors")
     else:
-        (run / "checkpoint.pt").write_bytes(b"\x80\x04 not a checkpoint")
+        (run / "checkpoint.safetensors").write_bytes(b"\x80\x04 not a checkpoint")
     assert main(["train", "--acts", str(tmp_path / "d"), "--out", str(run), "--levels", "2,4", "--l0", "1",
                  "--steps", "40", "--batch-size", "64", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

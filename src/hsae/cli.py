@@ -136,7 +136,7 @@ def _count(s: str) -> int:
 
 def _write(path: Path, text: str) -> None:
     """Write a text file atomically (readers never see half of it)."""
-    from .data.store import atomic_write
+    from .files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, text.encode())

@@ -1,4 +1,4 @@
-"""A run directory: config.json, model.safetensors, train_log.jsonl, checkpoint.pt.
+"""A run directory: config.json, model.safetensors, train_log.jsonl, checkpoint.safetensors.
 
 model.safetensors keys: levels.{l}.W_enc [d, n], levels.{l}.b_enc [n], levels.{l}.W_dec [n, d],
 levels.{l}.b_dec [d], levels.{l}.threshold [n], levels.{l}.parent [n] (int64, l >= 1).
@@ -11,13 +11,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import TrainConfig, UserError
-from .data.store import publish
+from .files import save_tensors
 from .model import HSAE
 
-CONFIG, MODEL, LOG, CHECKPOINT = "config.json", "model.safetensors", "train_log.jsonl", "checkpoint.pt"
+CONFIG, MODEL, LOG, CHECKPOINT = "config.json", "model.safetensors", "train_log.jsonl", "checkpoint.safetensors"
+OLD_CHECKPOINT = "checkpoint.pt"  # hsae <= format 2 pickled its checkpoints; refused, never loaded
 
 
 def model_tensors(model: HSAE) -> dict[str, torch.Tensor]:
@@ -36,10 +37,7 @@ def model_tensors(model: HSAE) -> dict[str, torch.Tensor]:
 
 def save_model(model: HSAE, path: str | Path, scale: float) -> None:
     """Write model.safetensors atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(model_tensors(model), str(tmp), metadata={"scale": repr(scale), "d": str(model.d)})
-    publish(tmp, path)
+    save_tensors(model_tensors(model), path, metadata={"scale": repr(scale), "d": str(model.d)})
 
 
 def load_model(path: str | Path) -> tuple[HSAE, float]:
@@ -71,6 +69,20 @@ def load_run(run: str | Path) -> tuple[TrainConfig, HSAE, float]:
 
 
 def read_log(run: str | Path) -> list[dict]:
-    """The training log's records."""
+    """The training log's records (a last line cut short, by a full disk or a kill, is left out)."""
     p = Path(run) / LOG
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+    if not p.is_file():
+        return []
+    lines = [ln for ln in p.read_text(errors="replace").splitlines() if ln.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            if i == len(lines) - 1:
+                break
+            raise UserError(f"{p}: line {i + 1} is not a JSON record ({e}); the log is damaged") from None
+        out.append(rec)
+    return out

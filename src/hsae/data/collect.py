@@ -26,7 +26,8 @@ from tqdm import tqdm
 from ..config import UserError
 from .corpus import pack, read_documents
 from .ordinary import record_exclusions
-from .store import MANIFEST, StoreWriter, atomic_write, file_sha256
+from ..files import atomic_write, file_sha256
+from .store import MANIFEST, StoreWriter
 
 
 class _Stop(Exception):

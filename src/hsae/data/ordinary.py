@@ -21,7 +21,8 @@ import json
 
 import numpy as np
 
-from .store import MANIFEST, OUTLIER_FACTOR, SCALE_ROWS, Store, atomic_write, file_sha256, publish
+from ..files import atomic_write, file_sha256, save_tensors
+from .store import MANIFEST, OUTLIER_FACTOR, SCALE_ROWS, Store
 
 FILE = "excluded.safetensors"  # int64 "rows": the excluded rows of a collected store, ascending
 CHUNK = 65536
@@ -86,14 +87,10 @@ def _load(store, saved: dict) -> np.ndarray:
 def record_exclusions(path) -> dict:
     """Classify a finished store's rows once, write excluded.safetensors and the `excluded`
     summary into its manifest; returns the manifest."""
-    from safetensors.numpy import save_file
-
     store = Store(path)
     keep, summary = classify(store)
-    tmp = store.path / (FILE + ".tmp")
-    save_file({"rows": np.flatnonzero(~keep).astype(np.int64)}, str(tmp))
-    summary = {**summary, "file": FILE, "sha256": file_sha256(tmp)}
-    publish(tmp, store.path / FILE)
+    save_tensors({"rows": np.flatnonzero(~keep).astype(np.int64)}, store.path / FILE)
+    summary = {**summary, "file": FILE, "sha256": file_sha256(store.path / FILE)}
     manifest = {**store.meta, "excluded": summary}
     atomic_write(store.path / MANIFEST, json.dumps(manifest, indent=2).encode())
     return manifest

@@ -11,7 +11,6 @@ hold raw activations. Shards are memory-mapped: nothing reads the whole store in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,34 +22,12 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from ..config import UserError
+from ..files import atomic_write, file_sha256, publish, tmp_of, writing
 
 MANIFEST = "manifest.json"
 REPAIR = "repair it by rerunning the `hsae collect` command that made it with --repair"
 SCALE_ROWS = 65536  # rows used to estimate the normalisation scale, from the start of the data
 OUTLIER_FACTOR = 5.0  # a row above this multiple of the median norm is a massive activation (data/ordinary.py)
-
-
-def publish(tmp: Path, path: Path) -> None:
-    """Sync a fully written temporary file to disk, then atomically rename it to `path`."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old content or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    publish(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 16 MB pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def estimate_scale(x: np.ndarray) -> float:
@@ -234,7 +211,8 @@ class StoreWriter:
 
     def __init__(self, path: str | Path, d: int, dtype: str = "float32", meta: dict | None = None, resume: bool = False):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
         self.d, self.dtype = d, np.dtype(dtype)
         self.meta = dict(meta or {})
         self.shards: list[dict] = []
@@ -253,8 +231,9 @@ class StoreWriter:
             raise ValueError("refusing to write NaN/Inf activations: drop those rows first")
         name = f"shard_{len(self.shards):05d}.safetensors"
         tensors = {"acts": np.ascontiguousarray(acts, dtype=self.dtype), **{k: np.ascontiguousarray(v) for k, v in extra.items()}}
-        tmp = self.path / (name + ".tmp")
-        save_file(tensors, str(tmp))
+        tmp = tmp_of(self.path / name)
+        with writing(self.path / name, tmp):
+            save_file(tensors, str(tmp))
         digest = file_sha256(tmp)
         publish(tmp, self.path / name)
         self.shards.append({"file": name, "rows": int(acts.shape[0]), "sha256": digest})

@@ -58,9 +58,9 @@ from statistics import NormalDist
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from ..config import UserError
+from ..files import save_tensors
 from .store import StoreWriter
 
 SHARD_ROWS = 65536
@@ -285,7 +285,7 @@ def write_synth(out: str | Path, d: int, branching: list[int], tokens: int, seed
             progress(min(SHARD_ROWS, tokens - a))
     truth = {f"levels.{l}.directions": torch.from_numpy(v).float() for l, v in enumerate(f["ideal"])}
     truth.update({f"levels.{l}.parent": torch.from_numpy(p).long() for l, p in enumerate(f["parents"]) if p is not None})
-    save_file(truth, str(out / "truth.safetensors"))
+    save_tensors(truth, out / "truth.safetensors")
     return w.finish(truth="truth.safetensors")
 
 

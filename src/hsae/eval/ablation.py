@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..data.store import atomic_write
+from ..files import atomic_write
 from .report import aggregate, metric_cells, metric_headers
 
 # variant -> TrainConfig overrides (PAPER.md sections 4 and 6)

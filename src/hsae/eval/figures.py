@@ -11,13 +11,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..files import publish, tmp_of, writing  # noqa: E402
 from .metrics import HIST_BINS  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = tmp_of(path)
+    with writing(path, tmp):
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    publish(tmp, path)
     return path
 
 

@@ -13,6 +13,8 @@ import math
 import re
 from pathlib import Path
 
+from ..files import atomic_write
+
 # PAPER.md section 6 (gemma-2-2b layer 13, 4 levels, L0 ~ 50), for reference beside ours.
 PAPER_ROWS = {
     "paper HSAE": {"l0": 50.1, "var_explained": 0.713, "p_parent_given_child": 0.769, "p_child_given_parent": 0.432, "hamming": 21.3},
@@ -225,5 +227,5 @@ def write_report(runs: list[str | Path], out: str | Path) -> Path:
         if png is not None:
             lines += [f"## {title}", "", f"![{title}]({png.name})", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write(path, "\n".join(lines).encode())
     return path

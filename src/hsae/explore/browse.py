@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import UserError
+from ..files import atomic_write, writing
 from ..rundir import load_run
 from .contexts import Contexts, load_contexts
 from .layout import UMAP_MIN, map2
@@ -160,8 +161,7 @@ def browse(run: str | Path, out: str | Path, maps: str = "auto", seed: int = 0, 
         raise UserError("--maps must be auto, umap or pca")
     out = Path(out)
     text = render(page_data(run, maps, seed, progress))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, text.encode("utf-8"))
     return out

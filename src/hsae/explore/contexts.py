@@ -50,10 +50,10 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from ..config import UserError
-from ..data.store import Store, publish
+from ..data.store import Store
+from ..files import save_tensors
 from ..rundir import load_run
 from .scan import BINS_PER_OCTAVE, N_BINS, scan
 
@@ -248,8 +248,5 @@ def build_contexts(run: str | Path, acts: str | Path | None = None, k: int = 20,
             "ordinary_rows": int(store.ordinary[rows.start:rows.stop].sum()),
             "layer": src.get("layer"), "bins_per_octave": BINS_PER_OCTAVE, "n_bins": N_BINS,
             "scan_seconds": round(seconds, 2), "vocab": token_strings(lm[1], sorted(used))}
-    path = run / FILE
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"hsae_contexts": json.dumps(info)})
-    publish(tmp, path)
+    save_tensors(tensors, run / FILE, metadata={"hsae_contexts": json.dumps(info)})
     return info

@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..config import UserError
+from ..files import atomic_write
 from ..explore.contexts import load_contexts
 from ..rundir import load_run
 
@@ -63,7 +64,7 @@ def run_steer(a) -> int:
         rec = {"run": str(a.run), "model": spec, "layer": int(layer), "feature": a.feature, "strength": a.strength,
                "prompt": a.prompt, "seed": a.seed, "temperature": a.temperature,
                "variants": [{"label": v.label, "text": v.text} for v in variants]}
-        Path(a.json).write_text(json.dumps(rec, indent=2) + "\n")
+        atomic_write(Path(a.json), (json.dumps(rec, indent=2) + "\n").encode())
     print(f"prompt: {a.prompt!r}  (strength {a.strength:g} at block {layer} of {spec})\n")
     print(side_by_side(variants, a.columns))
     return 0
@@ -106,8 +107,8 @@ def run_judge(a) -> int:
     print(f"judge: {backend.name} {backend.model_id}; {_stats(backend)}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({"backend": backend.name, "model": backend.model_id,
-                                            "stats": backend.stats, "runs": results}, indent=2) + "\n")
+        atomic_write(Path(a.json), json.dumps({"backend": backend.name, "model": backend.model_id,
+                                            "stats": backend.stats, "runs": results}, indent=2).encode() + b"\n")
     return 0
 
 

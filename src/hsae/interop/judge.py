@@ -196,7 +196,7 @@ def merge_explanations(path: Path, new: dict[str, str]) -> dict[str, str]:
     old = json.loads(path.read_text()) if path.is_file() else {}
     old.update(new)
     keys = sorted(old, key=lambda k: tuple(int(v) for v in k.split(":")))
-    from ..data.store import atomic_write
+    from ..files import atomic_write
 
     atomic_write(path, json.dumps({k: old[k] for k in keys}, indent=1).encode())
     return old

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import UserError
-from ..data.store import atomic_write
+from ..files import atomic_write
 
 Messages = list[dict]
 

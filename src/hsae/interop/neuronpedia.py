@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..data.store import atomic_write
+from ..files import atomic_write
 from ..explore.contexts import load_contexts
 from ..rundir import load_run
 from .source import model_name, store_source

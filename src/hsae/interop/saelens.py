@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..config import TrainConfig, UserError
-from ..data.store import Store, atomic_write
+from ..data.store import Store
+from ..files import atomic_write, save_tensors, writing
 from ..model import HSAE, update_forest
 from ..rundir import CONFIG, MODEL, load_run, save_model
 from .source import hook_name, model_name, store_source
@@ -81,8 +81,9 @@ def export_saelens(run: str | Path, out: str | Path) -> list[Path]:
     dirs = []
     for l, n in enumerate(model.sizes):
         d = out / f"level_{l}"
-        d.mkdir(parents=True, exist_ok=True)
-        save_file(raw_level_tensors(model, l, scale), str(d / "sae_weights.safetensors"))
+        with writing(d):
+            d.mkdir(parents=True, exist_ok=True)
+        save_tensors(raw_level_tensors(model, l, scale), d / "sae_weights.safetensors")
         atomic_write(d / "cfg.json", json.dumps(level_cfg(model.d, n, src, str(run), l, scale), indent=2).encode())
         dirs.append(d)
     atomic_write(out / HIERARCHY, json.dumps(forest_json(model, [d.name for d in dirs])).encode())

@@ -27,10 +27,12 @@ from tqdm import tqdm
 
 from ..config import TrainConfig, UserError
 from ..data.batches import BatchStream, Prefetcher
-from ..data.store import Store, atomic_write, publish
+from ..data.store import Store
+from ..files import atomic_write
 from ..model import HSAE, CoActivation, hsae_loss, update_forest
 from ..model.loss import encode_level
-from ..rundir import CHECKPOINT, CONFIG, LOG, MODEL, save_model
+from ..rundir import CHECKPOINT, CONFIG, LOG, MODEL, OLD_CHECKPOINT, read_log, save_model
+from .checkpoint import load_checkpoint, save_checkpoint
 from .controller import L0Controller
 from .resample import RESAMPLE_UNTIL, resample_level
 from .dist import Dist, resolve_dtype
@@ -42,7 +44,7 @@ PREFETCH_BATCHES, PREFETCH_BYTES = 4, 64 << 20
 # Co-activation counts are halved every update period (HSAE and baseline alike): the estimate
 # weighs the last period most and forgets the early, dense phase of training.
 COACT_DECAY = 0.5
-CHECKPOINT_FORMAT = 2  # bumped when the checkpoint's state changes meaning (2: PI controller, live masks)
+CHECKPOINT_FORMAT = 3  # bumped when the checkpoint's state changes meaning (2: PI controller, live masks; 3: safetensors)
 
 
 class _Loss(nn.Module):
@@ -147,28 +149,22 @@ class Trainer:
                 t.zero_()
 
     def save_checkpoint(self) -> None:
-        """Write checkpoint.pt atomically (rank 0; every rank must call it)."""
+        """Write the checkpoint atomically (rank 0; every rank must call it)."""
         self._gather_partials()
-        if not self.dist.main:
-            return
-        tmp = self.out / (CHECKPOINT + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        publish(tmp, self.out / CHECKPOINT)
+        if self.dist.main:
+            save_checkpoint(self.state_dict(), self.out / CHECKPOINT)
 
     def _resume_or_start(self) -> None:
         ck = self.out / CHECKPOINT
+        if (self.out / OLD_CHECKPOINT).is_file() and not ck.is_file():  # a pickle: never loaded
+            raise UserError(f"{self.out / OLD_CHECKPOINT} is an older hsae's checkpoint (pickle), which hsae no "
+                            "longer reads; delete it (or use another --out) to restart the run")
         if ck.is_file():
-            try:  # weights_only: tensors and plain containers only, so a received checkpoint cannot run code
-                state = torch.load(ck, map_location="cpu", weights_only=True)
-            except Exception as e:  # torch raises several types for damaged or foreign files
-                raise UserError(f"{ck}: unreadable checkpoint ({str(e).splitlines()[0][:200]}); "
-                                "delete it (or use another --out) to restart the run") from None
-            self.load_state_dict(state)
-            # Drop log lines written after the checkpoint; they will be written again.
-            log = self.out / LOG
-            if log.is_file() and self.dist.main:
-                keep = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < self.step]
-                atomic_write(log, "".join(ln + "\n" for ln in keep).encode())
+            self.load_state_dict(load_checkpoint(ck))
+            # Drop log lines written after the checkpoint (and a last line cut short by a full disk).
+            if self.dist.main:
+                keep = [json.dumps(r) for r in read_log(self.out) if r.get("step", self.step) < self.step]
+                atomic_write(self.out / LOG, "".join(ln + "\n" for ln in keep).encode())
         else:
             if self.dist.main:
                 (self.out / LOG).unlink(missing_ok=True)
