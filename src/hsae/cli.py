@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .config import TrainConfig, UserError
@@ -450,17 +453,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The directory each writing command holds the one-writer lock of (files.py) ...
+WRITES = {"synth": "out", "collect": "out", "train": "out", "ablate": "out", "export": "out",
+          "import-saelens": "out", "contexts": "run", "explain": "run"}
+# ... and the inputs a command refuses while another process is still writing them.
+READS = {"train": ["acts"], "eval": ["run", "acts"], "ablate": ["acts"], "report": ["runs"], "export": ["run"],
+         "import-saelens": ["acts"], "steer": ["run"], "judge": ["runs"], "contexts": ["acts"], "browse": ["run"]}
+
+
+def _run_guarded(a) -> int:
+    """Run a parsed subcommand holding its output's lock, after checking no input is being written."""
+    from .files import check_not_writing, output_lock
+
+    for key in READS.get(a.cmd, []):
+        v = getattr(a, key, None)
+        for p in [v] if isinstance(v, str) else v or []:
+            check_not_writing(p)
+    out = getattr(a, WRITES[a.cmd]) if a.cmd in WRITES else None
+    with output_lock(out, a.cmd) if out else contextlib.nullcontext():
+        return a.fn(a)
+
+
+class _Stopped(BaseException):
+    """SIGTERM, raised like Ctrl-C so every command unwinds the same way (temporary files removed)."""
+
+
+def _on_term(signum, _frame):
+    raise _Stopped(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run a subcommand; bad input exits 2 with a one-line error."""
+    """Entry point: run a subcommand; bad input, a full disk or an interrupt exits with one line, no traceback."""
+    from .files import write_failed
+
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    old = signal.signal(signal.SIGTERM, _on_term) if main_thread else None
     try:
-        return args.fn(args)
+        return _run_guarded(args)
     except UserError as e:
         print(f"hsae: error: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, _Stopped) as e:
+        print("hsae: interrupted; finished parts are kept, rerun the same command to continue", file=sys.stderr)
+        return 128 + (e.args[0] if isinstance(e, _Stopped) else signal.SIGINT)
     except BrokenPipeError:  # output piped into a reader that stopped (`| head`): not an error worth a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as e:  # a write that failed where no helper could name the file (files.py)
+        err = write_failed(getattr(e, "filename", None) or "an output file", e)
+        if err is None:
+            raise
+        print(f"hsae: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ _held: dict[Path, int] = {}  # output directories this process holds the lock of
 def write_failed(path: Path | str, e: BaseException) -> UserError | None:
     """The one-line error for a failed write of path, or None if e is not a write failure a user can fix."""
     code = getattr(e, "errno", None)
-    if code is None:  # safetensors reports the OS error inside its message: "... Os { code: 28, ..."
-        m = re.search(r"code: (\d+)", str(e))
-        code = int(m.group(1)) if m and type(e).__name__ == "SafetensorError" else None
+    if code is None:  # safetensors reports the OS error inside its message: "... (os error 28)"
+        m = re.search(r"os error (\d+)|code: (\d+)", str(e))
+        code = int(m.group(1) or m.group(2)) if m and type(e).__name__ == "SafetensorError" else None
     if code not in WRITE_ERRORS:
         return None
     return UserError(f"cannot write {path}: {os.strerror(code)}; fix that (free space, permissions) "
@@ -47,11 +47,11 @@ def writing(path: Path | str, tmp: Path | None = None):
     """Turn a failed write of `path` into a one-line UserError, deleting the partial temporary file."""
     try:
         yield
-    except Exception as e:
-        err = write_failed(path, e)
+    except BaseException as e:  # an interrupt too leaves no temporary file behind
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+        err = write_failed(path, e) if isinstance(e, Exception) else None
         if err is None:
             raise
         raise err from None
@@ -122,6 +122,7 @@ def output_lock(out: Path | str, command: str):
     if not _main_rank() or out in _held:  # torchrun: rank 0 holds it; nested use by the same process
         yield
         return
+    created = not out.exists()
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -137,6 +138,9 @@ def output_lock(out: Path | str, command: str):
         yield
     finally:
         _held.pop(out, None)
+        if created and [p.name for p in out.iterdir()] == [LOCK]:  # a command that wrote nothing leaves nothing
+            (out / LOCK).unlink()
+            out.rmdir()
         os.close(fd)  # closing drops the lock; the file stays (removing it would race a new holder)
 
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..config import UserError
 from .corpus import pack, read_documents
 from .ordinary import record_exclusions
-from ..files import atomic_write, file_sha256
+from ..files import atomic_write, file_sha256, output_lock
 from .store import MANIFEST, StoreWriter
 
 
@@ -58,14 +58,17 @@ def load_model(spec: str, device: str | torch.device = "cpu"):
     """(model, tokenizer): the embedded SmolLM2 ('smollm2'), a local directory, or a name in the
     local Hugging Face cache; never the hub. The model is moved to `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a second of loading needs no bars of its own (and --quiet means quiet)
     kw: dict = {"local_files_only": True}
+    wkw: dict = {"use_safetensors": True}  # never a pickled pytorch_model.bin: loading must not run code
     if spec in EMBEDDED:
         gguf = embedded_gguf(spec)
-        spec, kw = str(gguf.parent), {"gguf_file": gguf.name}  # dequantised to float32 on load
+        spec, kw, wkw = str(gguf.parent), {"gguf_file": gguf.name}, {}  # GGUF: dequantised to float32 on load
     try:
         tok = AutoTokenizer.from_pretrained(spec, **kw)
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, **kw)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, **kw, **wkw)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {spec!r} offline: {str(e).splitlines()[0]}") from None
     return model.eval().to(device), tok
@@ -122,7 +125,9 @@ def collect(model: str, layer: int, corpus: str, tokens: int, out: str | Path, c
     lm, tok = load_model(model, dev)
     if not batch_size:
         batch_size = CPU_BATCH if dev.type == "cpu" else auto_batch_size(lm, layer, ctx, max(1, shard_rows // (ctx - 1)))
-    return collect_with(lm, tok, str(model), layer, corpus, tokens, out, ctx, batch_size, seed, dtype, shard_rows, progress)
+    with output_lock(out, "collect"):
+        return collect_with(lm, tok, str(model), layer, corpus, tokens, out, ctx, batch_size, seed, dtype, shard_rows,
+                            progress)
 
 
 def auto_batch_size(lm, layer: int, ctx: int, limit: int) -> int:

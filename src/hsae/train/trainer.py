@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..config import TrainConfig, UserError
 from ..data.batches import BatchStream, Prefetcher
 from ..data.store import Store
-from ..files import atomic_write
+from ..files import atomic_write, output_lock, writing
 from ..model import HSAE, CoActivation, hsae_loss, update_forest
 from ..model.loss import encode_level
 from ..rundir import CHECKPOINT, CONFIG, LOG, MODEL, OLD_CHECKPOINT, read_log, save_model
@@ -304,15 +304,16 @@ class Trainer:
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not (progress and main), unit="step",
                    dynamic_ncols=True, mininterval=1.0)
         try:
-            with open(self.out / LOG, "a") if main else contextlib.nullcontext() as log:
+            # unbuffered: a write that fails (full disk) leaves nothing queued to fail again on close
+            with open(self.out / LOG, "ab", buffering=0) if main else contextlib.nullcontext() as log:
                 while self.step < self.cfg.steps:
                     t0 = time.perf_counter()
                     rec = self.train_step()
                     rec["seconds"] = time.perf_counter() - t0
                     if main and (rec["step"] % self.cfg.log_every == 0 or self.step == self.cfg.steps
                                  or "forest" in rec or "restarted" in rec):
-                        log.write(json.dumps(rec) + "\n")
-                        log.flush()
+                        with writing(self.out / LOG):
+                            log.write((json.dumps(rec) + "\n").encode())
                         bar.set_postfix_str("L0 " + "/".join(f"{v:.1f}" for v in rec["l0"])
                                             + " mse " + "/".join(f"{v:.2f}" for v in rec["mse"]))
                     bar.update(1)
@@ -372,11 +373,12 @@ def train(cfg: TrainConfig, acts: str | Path, out: str | Path, progress: bool = 
     if store.rows * (1 - cfg.holdout) < 1:
         raise UserError(f"{acts}: too few rows")
     out = Path(out)
-    if check_resumable(cfg, out) == "done":
-        print(f"{out}: already finished; delete it to train again")
-        return 0
-    dist = Dist(device)
-    try:
-        return Trainer(cfg, store, out, dist, dtype, compile).run(progress)
-    finally:
-        dist.close()
+    with output_lock(out, "train"):  # one writer per run; under torchrun rank 0 holds it
+        if check_resumable(cfg, out) == "done":
+            print(f"{out}: already finished; delete it to train again")
+            return 0
+        dist = Dist(device)
+        try:
+            return Trainer(cfg, store, out, dist, dtype, compile).run(progress)
+        finally:
+            dist.close()
