@@ -27,6 +27,8 @@ from .config import UserError
 LOCK = ".hsae.lock"
 # errors a user fixes by freeing space, remounting or fixing permissions: reported, never a traceback
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the umask can only be read by setting it
 _held: dict[Path, int] = {}  # output directories this process holds the lock of -> lock file descriptor
 
 
@@ -67,6 +69,7 @@ def publish(tmp: Path, path: Path) -> None:
     with writing(path, tmp):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # safetensors creates 0600: colleagues sharing a run could not read it
         os.replace(tmp, path)
 
 
