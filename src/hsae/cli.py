@@ -206,14 +206,11 @@ def cmd_report(a) -> int:
 
 def cmd_compare(a) -> int:
     """Print the comparison table of several eval JSON files beside the paper's rows."""
-    from .eval.report import comparison_table, name_of
+    from .eval.report import comparison_table, name_of, read_eval
 
     evals = {}
     for p in a.evals:
-        try:
-            ev = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read eval file {p}: {e}") from None
+        ev = read_eval(p)
         name = name_of(p, ev)
         if name in evals:  # two runs of the same name in different directories: keep both
             name = f"{Path(ev.get('run', p)).parent.name}/{name}"

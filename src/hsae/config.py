@@ -108,18 +108,43 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Build from a dict, rejecting unknown keys."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+    def from_dict(cls, d: dict, complete: bool = False) -> "TrainConfig":
+        """Build from a dict, rejecting unknown keys, values of the wrong type and (complete=True) missing keys."""
+        if not isinstance(d, dict):
+            raise UserError("a config must be a JSON object")
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(fields)
         if unknown:
             raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        missing = set(fields) - set(d) if complete else set()
+        if missing:
+            raise UserError(f"missing config keys: {', '.join(sorted(missing))} (written by another hsae?)")
+        for k, v in d.items():
+            if not _TYPE_CHECKS[fields[k]](v):
+                raise UserError(f"config key {k!r} should be {fields[k]}, got {json.dumps(v)[:60]}")
         return cls(**d)
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        """Read a config.json."""
+    def load(cls, path: str | Path, complete: bool = False) -> "TrainConfig":
+        """Read a config.json (complete=True: a run's own, which must name every field)."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as e:
+            return cls.from_dict(json.loads(Path(path).read_text()), complete)
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read config {path}: {e}") from None
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return _is_int(v) or isinstance(v, float)
+
+
+# a field's annotation -> the JSON values it accepts
+_TYPE_CHECKS = {"int": _is_int, "float": _is_num, "str": lambda v: isinstance(v, str),
+                "bool": lambda v: isinstance(v, bool),
+                "list[int]": lambda v: isinstance(v, list) and all(map(_is_int, v)),
+                "list[float]": lambda v: isinstance(v, list) and all(map(_is_num, v))}

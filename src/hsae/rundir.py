@@ -18,6 +18,7 @@ from .files import save_tensors
 from .model import HSAE
 
 CONFIG, MODEL, LOG, CHECKPOINT = "config.json", "model.safetensors", "train_log.jsonl", "checkpoint.safetensors"
+EXPLANATIONS = "explanations.json"  # `hsae explain`: {"LEVEL:ID": one line}
 OLD_CHECKPOINT = "checkpoint.pt"  # hsae <= format 2 pickled its checkpoints; refused, never loaded
 
 
@@ -41,14 +42,16 @@ def save_model(model: HSAE, path: str | Path, scale: float) -> None:
 
 
 def load_model(path: str | Path) -> tuple[HSAE, float]:
-    """(model, normalisation scale) from a model.safetensors file."""
+    """(model, normalisation scale) from a model.safetensors file; UserError if damaged or mis-shaped."""
     from safetensors import safe_open
 
-    t = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        scale = float((f.metadata() or {}).get("scale", 1.0))
-    L = sum(1 for k in t if k.endswith(".W_dec"))
-    sizes = [t[f"levels.{l}.W_dec"].shape[0] for l in range(L)]
+    try:
+        t = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            scale = float((f.metadata() or {}).get("scale", 1.0))
+    except Exception as e:  # safetensors, OSError, a bad scale string: all mean "not a model file"
+        raise UserError(f"{path}: unreadable model file ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    sizes = check_model_tensors(t, path)
     model = HSAE(t["levels.0.W_dec"].shape[1], sizes)
     with torch.no_grad():
         for l, lv in enumerate(model.levels):
@@ -60,12 +63,45 @@ def load_model(path: str | Path) -> tuple[HSAE, float]:
     return model, scale
 
 
+def check_model_tensors(t: dict[str, torch.Tensor], path) -> list[int]:
+    """The level sizes of a model.safetensors dict, or UserError naming the first key that is wrong."""
+    L = sum(1 for k in t if k.startswith("levels.") and k.endswith(".W_dec"))
+    if L == 0 or "levels.0.W_dec" not in t or t["levels.0.W_dec"].ndim != 2:
+        raise UserError(f"{path}: no levels.0.W_dec [n, d]; not an hsae model file")
+    d = t["levels.0.W_dec"].shape[1]
+    sizes = []
+    for l in range(L):
+        n = t.get(f"levels.{l}.W_dec", torch.empty(0, 0)).shape[0]
+        want = {"W_enc": (d, n), "b_enc": (n,), "W_dec": (n, d), "b_dec": (d,), "threshold": (n,)}
+        if l:
+            want["parent"] = (n,)
+        for name, shape in want.items():
+            v = t.get(f"levels.{l}.{name}")
+            if v is None or tuple(v.shape) != shape:
+                got = "missing" if v is None else list(v.shape)
+                raise UserError(f"{path}: levels.{l}.{name} is {got}, expected {list(shape)}")
+            if not (v.is_floating_point() if name != "parent" else v.dtype == torch.int64):
+                raise UserError(f"{path}: levels.{l}.{name} has dtype {v.dtype}")
+        if l and not ((t[f"levels.{l}.parent"] >= -1) & (t[f"levels.{l}.parent"] < sizes[-1])).all():
+            raise UserError(f"{path}: levels.{l}.parent names features outside level {l - 1}")
+        if not (t[f"levels.{l}.threshold"] > 0).all():
+            raise UserError(f"{path}: levels.{l}.threshold must be positive")
+        sizes.append(n)
+    if min(sizes) < 1 or any(b <= a for a, b in zip(sizes, sizes[1:])):
+        raise UserError(f"{path}: level sizes {sizes} are not positive and strictly increasing")
+    return sizes
+
+
 def load_run(run: str | Path) -> tuple[TrainConfig, HSAE, float]:
     """(config, trained model, scale) of a finished run directory."""
     run = Path(run)
     if not (run / MODEL).is_file():
         raise UserError(f"{run}: no {MODEL}; is the run finished? (rerun `hsae train` with --out {run} to resume)")
-    return (TrainConfig.load(run / CONFIG), *load_model(run / MODEL))
+    cfg = TrainConfig.load(run / CONFIG, complete=True)
+    model, scale = load_model(run / MODEL)
+    if model.sizes != cfg.levels:
+        raise UserError(f"{run / MODEL} has levels {model.sizes} but {run / CONFIG} says {cfg.levels}")
+    return cfg, model, scale
 
 
 def read_log(run: str | Path) -> list[dict]:
@@ -86,3 +122,22 @@ def read_log(run: str | Path) -> list[dict]:
             raise UserError(f"{p}: line {i + 1} is not a JSON record ({e}); the log is damaged") from None
         out.append(rec)
     return out
+
+
+def read_explanations(p: Path) -> dict[str, str]:
+    """An explanations file (RUN/explanations.json: {"LEVEL:ID": one line}) if present, else {}."""
+    if not p.is_file():
+        return {}
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: unreadable explanations ({e})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{p}: expected a JSON object mapping 'LEVEL:ID' to an explanation")
+    for k in d:
+        lv, _, fid = str(k).partition(":")
+        if not (lv.isdigit() and fid.isdigit()):
+            raise UserError(f"{p}: key {k!r} is not 'LEVEL:ID' (two integers, e.g. '1:42')")
+        if not isinstance(d[k], str):
+            raise UserError(f"{p}: the explanation of {k} is not a string")
+    return d

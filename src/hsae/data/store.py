@@ -30,6 +30,45 @@ SCALE_ROWS = 65536  # rows used to estimate the normalisation scale, from the st
 OUTLIER_FACTOR = 5.0  # a row above this multiple of the median norm is a massive activation (data/ordinary.py)
 
 
+# manifest.json's fields: name -> (type, required)
+MANIFEST_FIELDS = {"format": (str, True), "version": (int, True), "d": (int, True), "dtype": (str, True),
+                   "rows": (int, True), "scale": ((int, float), True), "shards": (list, True),
+                   "finite_checked": (bool, False), "source": (dict, False), "dropped_nonfinite": (int, False),
+                   "excluded": (dict, False), "truth": (str, False)}
+SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32", "BF16": "bfloat16"}
+
+
+def check_manifest(m, path: Path) -> None:
+    """UserError naming path and the first thing wrong with a store manifest (fields, types, shards)."""
+    def bad(what):
+        raise UserError(f"{path}: {what}; not a manifest this hsae can read")
+
+    if not isinstance(m, dict):
+        bad("not a JSON object")
+    for k, (typ, required) in MANIFEST_FIELDS.items():
+        if k not in m:
+            if required:
+                bad(f"missing field {k!r}")
+        elif not isinstance(m[k], typ) or isinstance(m[k], bool) is not (typ is bool):
+            bad(f"field {k!r} has the wrong type ({type(m[k]).__name__})")
+    unknown = sorted(set(m) - set(MANIFEST_FIELDS))
+    if unknown:
+        bad(f"unknown field(s) {', '.join(unknown)}")
+    if m["format"] != "hsae-store" or m["version"] != 1:
+        bad(f"format {m['format']!r} version {m['version']!r}, expected 'hsae-store' version 1")
+    if m["d"] < 1 or m["dtype"] not in SAFETENSORS_DTYPES.values() or not (math.isfinite(m["scale"]) and m["scale"] > 0):
+        bad("d must be positive, dtype float16/float32/bfloat16, scale positive and finite")
+    for i, s in enumerate(m["shards"]):
+        ok = isinstance(s, dict) and set(s) == {"file", "rows", "sha256"} and isinstance(s["file"], str) \
+            and Path(s["file"]).name == s["file"] and isinstance(s["rows"], int) and s["rows"] > 0
+        if not ok:  # a plain file name: a manifest never points outside its store
+            bad(f"shard entry {i} must be {{file: plain name, rows: positive int, sha256}}")
+    if m["rows"] != sum(s["rows"] for s in m["shards"]):
+        bad(f"rows {m['rows']} but the shards hold {sum(s['rows'] for s in m['shards'])}")
+    if m["rows"] == 0:
+        bad("the store holds no rows")
+
+
 def estimate_scale(x: np.ndarray) -> float:
     """The constant c with mean ||c x|| = sqrt(d) over the finite, not massive rows of x."""
     norms = np.linalg.norm(x.astype(np.float64), axis=1)
@@ -53,11 +92,19 @@ class Store:
         self._classified: tuple[np.ndarray, dict] | None = None  # (ordinary mask, excluded summary)
         if self.path.is_dir():
             self._open_dir()
-        elif self.path.suffix == ".npy" and self.path.is_file():
-            arr = np.load(self.path, mmap_mode="r")
-            self._set_single(arr.shape, arr.dtype, arr)
-        elif self.path.suffix == ".safetensors" and self.path.is_file():
-            self._open_safetensors_file()
+        elif self.path.suffix in (".npy", ".safetensors") and self.path.is_file():
+            try:  # allow_pickle=False: an object .npy would unpickle
+                if self.path.suffix == ".npy":
+                    arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+                    self._set_single(arr.shape, arr.dtype, arr)
+                else:
+                    self._open_safetensors_file()
+            except (ValueError, OSError, EOFError) as e:
+                raise UserError(f"{path}: unreadable activation file ({str(e).splitlines()[0][:200]})") from None
+            except Exception as e:  # safetensors' own error type
+                if type(e).__name__ != "SafetensorError":
+                    raise
+                raise UserError(f"{path}: unreadable activation file ({e})") from None
         else:
             raise UserError(f"{path}: not an activation store directory, .npy or .safetensors file")
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_rows)]).astype(np.int64)
@@ -70,21 +117,24 @@ class Store:
             raise UserError(f"{self.path}: no {MANIFEST}; not an activation store")
         try:
             self.meta = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{mpath}: unreadable manifest ({e})") from None
-        self.d = int(self.meta["d"])
-        self.scale = float(self.meta["scale"])
-        self.shard_rows = [int(s["rows"]) for s in self.meta["shards"]]
+        check_manifest(self.meta, mpath)
+        self.d, self.scale = self.meta["d"], float(self.meta["scale"])
+        self.shard_rows = [s["rows"] for s in self.meta["shards"]]
         self.rows = sum(self.shard_rows)
         for s in self.meta["shards"]:
             f = self.path / s["file"]
             try:
                 h = safe_open(str(f), framework="np")
-                shape = h.get_slice("acts").get_shape()
+                sl = h.get_slice("acts")
+                shape, dtype = sl.get_shape(), sl.get_dtype()
             except Exception as e:  # safetensors raises several types for truncated files
                 raise UserError(f"shard {f} is missing or corrupt ({e}); {REPAIR}") from None
-            if list(shape) != [int(s["rows"]), self.d]:
-                raise UserError(f"shard {f} holds {shape}, manifest says [{s['rows']}, {self.d}]")
+            if list(shape) != [s["rows"], self.d]:
+                raise UserError(f"shard {f} holds {list(shape)}, {mpath} says [{s['rows']}, {self.d}]")
+            if SAFETENSORS_DTYPES.get(dtype) != self.meta["dtype"]:
+                raise UserError(f"shard {f} holds {dtype} activations, {mpath} says {self.meta['dtype']}")
             self._files.append(h)
 
     def _open_safetensors_file(self):

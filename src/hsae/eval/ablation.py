@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..files import atomic_write
-from .report import aggregate, metric_cells, metric_headers
+from .report import aggregate, metric_cells, metric_headers, read_eval
 
 # variant -> TrainConfig overrides (PAPER.md sections 4 and 6)
 VARIANTS: dict[str, dict] = {
@@ -69,13 +69,13 @@ def run_ablation(base: TrainConfig, acts: str | Path, out: str | Path, variants:
         for seed in seeds if seeds is not None else [base.seed]:
             rname = run_name(name, seed, base.seed)
             run, ev_path = out / rname, out / rname / "eval.json"
-            kw = _eval_kw(json.loads(ev_path.read_text()) if ev_path.is_file() else None, eval_kw)
+            kw = _eval_kw(read_eval(ev_path) if ev_path.is_file() else None, eval_kw)
             if kw is not None:
                 rc = train(dataclasses.replace(variant_config(base, name), seed=seed), acts, run, progress=progress)
                 if rc:  # stopped by a signal: the checkpoint is saved, a rerun resumes here
                     raise SystemExit(rc)
                 atomic_write(ev_path, (json.dumps(evaluate_run(run, **kw), indent=2) + "\n").encode())
-            evals[rname] = json.loads(ev_path.read_text())
+            evals[rname] = read_eval(ev_path)
     return evals
 
 

@@ -28,6 +28,19 @@ RECOVERY = ["feature_match", "edge_precision", "edge_recall", "edge_f1"]
 SEED_SUFFIX = re.compile(r"(?:-s|[-_]seed[-_]?)\d+$")
 
 
+def read_eval(path: str | Path) -> dict:
+    """An eval JSON file (`hsae eval --json`), or a one-line UserError naming it."""
+    from ..config import UserError
+
+    try:
+        ev = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise UserError(f"cannot read eval file {path}: {e}") from None
+    if not isinstance(ev, dict) or not isinstance(ev.get("levels"), list):
+        raise UserError(f"{path}: not an eval file of `hsae eval --json` (no 'levels' list)")
+    return ev
+
+
 def row(ev: dict) -> dict:
     """The table's columns from one eval dict."""
     h = ev["hierarchy"]
@@ -205,12 +218,12 @@ def write_report(runs: list[str | Path], out: str | Path) -> Path:
         p = Path(r) / "eval.json"
         if not p.is_file():
             raise UserError(f"{r}: no eval.json; run `hsae eval {r} --json {p}` first")
-        ev = json.loads(p.read_text())
+        ev = read_eval(p)
         # the run directory's name, or its whole path where two runs share a name
         name = Path(r).name if [Path(x).name for x in runs].count(Path(r).name) == 1 else str(r)
         evals[name], logs[name] = ev, read_log(r)
         if (Path(r) / "config.json").is_file():
-            targets[name] = TrainConfig.load(Path(r) / "config.json").l0_targets
+            targets[name] = TrainConfig.load(Path(r) / "config.json", complete=True).l0_targets
     out.mkdir(parents=True, exist_ok=True)
     plots = [
         ("Per-level reconstruction", figures.levels_plot(evals, out / "levels.png")),

@@ -24,11 +24,10 @@ from tqdm import tqdm
 
 from ..config import UserError
 from ..files import atomic_write, writing
-from ..rundir import load_run
+from ..rundir import EXPLANATIONS, load_run, read_explanations
 from .contexts import Contexts, load_contexts
 from .layout import UMAP_MIN, map2
 
-EXPLANATIONS = "explanations.json"
 
 
 def _b64(a: np.ndarray) -> str:
@@ -49,24 +48,6 @@ def roots_of(parents: list[np.ndarray], sizes: list[int]) -> list[np.ndarray]:
     return out
 
 
-def read_explanations(run: Path) -> dict[str, str]:
-    """RUN/explanations.json ({"LEVEL:ID": one line}) if present, else {}."""
-    p = run / EXPLANATIONS
-    if not p.is_file():
-        return {}
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{p}: unreadable explanations ({e})") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{p}: expected a JSON object mapping 'LEVEL:ID' to an explanation")
-    for k in d:
-        lv, _, fid = str(k).partition(":")
-        if not (lv.isdigit() and fid.isdigit()):
-            raise UserError(f"{p}: key {k!r} is not 'LEVEL:ID' (two integers, e.g. '1:42')")
-    return {str(k): str(v) for k, v in d.items()}
-
-
 def page_data(run: str | Path, maps: str = "auto", seed: int = 0, progress: bool = True) -> dict:
     """The JSON object the page reads (see module docstring)."""
     run = Path(run)
@@ -85,7 +66,7 @@ def page_data(run: str | Path, maps: str = "auto", seed: int = 0, progress: bool
     tok_dtype = np.uint16 if len(ids) < 65536 else np.uint32
     parents = [np.full(c.sizes[0], -1)] + [model.parent(l).numpy() for l in range(1, L)]
     roots = roots_of(parents, c.sizes)
-    expl = read_explanations(run)
+    expl = read_explanations(run / EXPLANATIONS)
     levels = []
     for l, lv in enumerate(tqdm(model.levels, desc="browse (levels; UMAP maps)", unit="level", disable=not progress)):
         n = c.sizes[l]

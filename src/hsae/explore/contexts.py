@@ -53,12 +53,12 @@ from safetensors import safe_open
 
 from ..config import UserError
 from ..data.store import Store
-from ..files import save_tensors
-from ..rundir import load_run
+from ..files import file_sha256, save_tensors
+from ..rundir import MODEL, load_run
 from .scan import BINS_PER_OCTAVE, N_BINS, scan
 
 FILE = "contexts.safetensors"
-FORMAT, VERSION = "hsae-contexts", 1
+FORMAT, VERSION = "hsae-contexts", 2  # 2: records the sha256 of the model.safetensors it was made from
 
 
 @dataclass
@@ -107,17 +107,26 @@ class Contexts:
                 self._t = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # safetensors raises several types for damaged files
             raise UserError(f"{path}: unreadable contexts file ({e}); rerun `hsae contexts`") from None
-        if self.info.get("format") != FORMAT or self.info.get("version") != VERSION:
-            raise UserError(f"{path}: not a version-{VERSION} contexts file")
+        if not isinstance(self.info, dict) or self.info.get("format") != FORMAT or self.info.get("version") != VERSION:
+            raise UserError(f"{path}: not a version-{VERSION} contexts file; rerun `hsae contexts {path.parent}`")
         self.path = path
-        self.vocab = {int(k): v for k, v in self.info["vocab"].items()}
-        self.k, self.before, self.after = self.info["k"], self.info["before"], self.info["after"]
-        self.row_start = self.info["rows"][0]
-        self.n_rows = self.info["rows"][1] - self.row_start
-        # rows a feature could fire on: the scanned rows minus those kept out of training (data/ordinary.py)
-        self.n_ordinary = self.info.get("ordinary_rows", self.n_rows)
-        self.sizes = [len(self._t[f"levels.{l}.fires"]) for l in range(self.info["levels"])]
-        self.tokens = self._t["rows.tokens"]
+        try:
+            self.vocab = {int(k): v for k, v in self.info["vocab"].items()}
+            self.k, self.before, self.after = self.info["k"], self.info["before"], self.info["after"]
+            self.row_start = self.info["rows"][0]
+            self.n_rows = self.info["rows"][1] - self.row_start
+            # rows a feature could fire on: the scanned rows minus those kept out of training (data/ordinary.py)
+            self.n_ordinary = self.info.get("ordinary_rows", self.n_rows)
+            self.sizes = [len(self._t[f"levels.{l}.fires"]) for l in range(self.info["levels"])]
+            self.tokens = self._t["rows.tokens"]
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise UserError(f"{path}: malformed contexts file ({type(e).__name__}: {e}); rerun `hsae contexts`") from None
+
+    def check_made_for(self, model_file: Path) -> None:
+        """UserError unless this file was made from exactly this model.safetensors (not another run's)."""
+        if self.info.get("model_sha256") != file_sha256(model_file):
+            raise UserError(f"{self.path} was made for another model than {model_file} (copied from another run?); "
+                            f"rerun `hsae contexts {model_file.parent}`")
 
     def array(self, level: int, name: str) -> np.ndarray:
         """A raw per-level array of the file, e.g. array(0, 'fires')."""
@@ -193,8 +202,11 @@ class Contexts:
 
 
 def load_contexts(run: str | Path) -> Contexts:
-    """The contexts of a run directory (or of a contexts.safetensors file)."""
-    return Contexts(run)
+    """The contexts of a run directory, checked to belong to its model (or of a contexts.safetensors file)."""
+    ctx = Contexts(run)
+    if Path(run).is_dir() and (Path(run) / MODEL).is_file():
+        ctx.check_made_for(Path(run) / MODEL)
+    return ctx
 
 
 def build_contexts(run: str | Path, acts: str | Path | None = None, k: int = 20, all_rows: bool = False,
@@ -245,6 +257,7 @@ def build_contexts(run: str | Path, acts: str | Path | None = None, k: int = 20,
     info = {"format": FORMAT, "version": VERSION, "levels": len(levels), "k": k, "before": before, "after": after,
             "seed": seed, "rows": [rows.start, rows.stop], "row_mode": "all" if all_rows else "holdout",
             "edge_rows": [held.start, held.stop], "store": str(store.path), "model": str(spec),
+            "model_sha256": file_sha256(run / MODEL),
             "ordinary_rows": int(store.ordinary[rows.start:rows.stop].sum()),
             "layer": src.get("layer"), "bins_per_octave": BINS_PER_OCTAVE, "n_bins": N_BINS,
             "scan_seconds": round(seconds, 2), "vocab": token_strings(lm[1], sorted(used))}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model import HSAE
+from ..rundir import read_explanations
 
 N_TOP, N_SAMPLED = 10, 5
 CONFIDENCES = ("High", "Medium", "Low")
@@ -193,7 +194,7 @@ def explain_features(ctx, feats: list[tuple[int, int]], backend, progress=None, 
 
 def merge_explanations(path: Path, new: dict[str, str]) -> dict[str, str]:
     """Write new explanations into path (RUN/explanations.json), keeping the others; returns all."""
-    old = json.loads(path.read_text()) if path.is_file() else {}
+    old = read_explanations(path)
     old.update(new)
     keys = sorted(old, key=lambda k: tuple(int(v) for v in k.split(":")))
     from ..files import atomic_write

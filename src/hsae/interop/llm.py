@@ -47,9 +47,10 @@ class ResponseCache:
             return None
         f = self.path / key[:2] / f"{key}.json"
         try:
-            return json.loads(f.read_text())["content"]
-        except (OSError, json.JSONDecodeError, KeyError):
+            content = json.loads(f.read_text())["content"]
+        except (OSError, ValueError, KeyError, TypeError):  # a damaged entry is a miss, asked again
             return None
+        return content if isinstance(content, str) else None
 
     def put(self, key: str, content: str) -> None:
         """Store an answer (atomically, so a killed run never leaves a half-written entry)."""

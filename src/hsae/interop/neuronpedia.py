@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..files import atomic_write
 from ..explore.contexts import load_contexts
-from ..rundir import load_run
+from ..rundir import EXPLANATIONS, load_run, read_explanations
 from .source import model_name, store_source
 
 BATCH = 128  # features per batch file, as in SAEDashboard's runner default
@@ -102,8 +102,7 @@ def export_neuronpedia(run: str | Path, out: str | Path, progress: bool = True) 
     model_id = slug(model_name(src).split("/")[-1])
     dataset = str(src.get("corpus", cfg.acts))
     sources = [source_id(layer, str(run), l, n) for l, n in enumerate(model.sizes)]
-    expl_path = Path(run) / "explanations.json"
-    expl = json.loads(expl_path.read_text()) if expl_path.is_file() else {}
+    expl = read_explanations(Path(run) / EXPLANATIONS)
     out = Path(out)
     n_feat = 0
     bar = tqdm(total=sum(model.sizes), desc="neuronpedia", unit="feature", disable=not progress)

@@ -17,9 +17,10 @@ def store_source(cfg: TrainConfig) -> dict:
     if m is None or not m.is_file():
         return {}
     try:
-        return dict(json.loads(m.read_text()).get("source") or {})
-    except json.JSONDecodeError:
+        src = json.loads(m.read_text()).get("source")
+    except (ValueError, AttributeError):  # damaged: the store's own reader reports it where it matters
         return {}
+    return dict(src) if isinstance(src, dict) else {}
 
 
 def hook_name(layer: int | None) -> str:

@@ -345,7 +345,7 @@ def check_resumable(cfg: TrainConfig, out: Path) -> str | None:
     cpath = out / CONFIG
     if not cpath.is_file():
         return None
-    old = TrainConfig.load(cpath)
+    old = TrainConfig.load(cpath, complete=True)
     if old != cfg:
         diff = [k for k in cfg.__dataclass_fields__ if getattr(old, k) != getattr(cfg, k)]
         raise UserError(f"{out} holds a run with a different config ({', '.join(diff)}); use another --out")
