@@ -10,7 +10,7 @@ from tqdm import tqdm
 from ..config import UserError
 from ..files import atomic_write
 from ..explore.contexts import load_contexts
-from ..rundir import load_run
+from ..rundir import EXPLANATIONS, load_run, read_explanations
 
 
 def run_export(a) -> int:
@@ -123,6 +123,8 @@ def run_explain(a) -> int:
         raise UserError(f"--levels must be within 0..{len(model.levels) - 1}")
     if a.max_per_level < 0:
         raise UserError("--max-per-level must be >= 0 (0: all)")
+    out = Path(a.out) if a.out else Path(a.run) / EXPLANATIONS
+    read_explanations(out)  # a damaged file stops us before any model is asked anything
     feats = []
     for l in levels:
         have = [(l, i) for i in range(model.sizes[l]) if examples_of(ctx, l, i)]
@@ -130,7 +132,6 @@ def run_explain(a) -> int:
     backend = backend_from(a, prefill="Explanation:", max_tokens=40)
     with tqdm(total=len(feats), desc="explain", unit="feature", disable=a.quiet) as bar:
         new, counts = explain_features(ctx, feats, backend, bar.update, a.window)
-    out = Path(a.out) if a.out else Path(a.run) / "explanations.json"
     allx = merge_explanations(out, new)
     print(f"explained {counts['explained']} of {len(feats)} features ({counts['malformed']} malformed, "
           f"{counts['failed']} failed); {len(allx)} explanations in {out}")
