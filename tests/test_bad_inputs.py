@@ -271,3 +271,14 @@ def test_synth_bad_values_are_one_line_exit_2(bad, tmp_path, capsys):
     _one_line_error(capsys, bad[0].lstrip("-").split("-")[0])
     assert not (tmp_path / "s").exists()
 
+
+
+@pytest.mark.parametrize("cmd", sorted({row.split()[0] for row in COMMANDS} | {"synth"}))
+def test_a_bad_command_line_is_one_line_exit_2(cmd, capsys):
+    """argparse's own errors (unknown flag, missing argument) too: one line, not the usage."""
+    for argv in ([cmd, "--no-such-flag"], [cmd, "--quiet", "--tokens", "x"] if cmd == "synth" else [cmd]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"hsae {cmd}: error:" in err[0], err

@@ -298,9 +298,16 @@ def _eval_flags(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (not the whole usage) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every subcommand."""
-    p = argparse.ArgumentParser(prog="hsae", description="Hierarchical sparse autoencoders: train, evaluate, explore.")
+    p = _Parser(prog="hsae", description="Hierarchical sparse autoencoders: train, evaluate, explore.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("synth", help="generate synthetic activations from a known forest")
