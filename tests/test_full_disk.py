@@ -120,3 +120,16 @@ def test_train_on_a_full_disk_resumes_to_the_same_weights(disk, tmp_path):
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
     log = lambda d: [json.loads(ln)["step"] for ln in (d / "train_log.jsonl").read_text().splitlines()]  # noqa: E731
     assert log(out) == log(tmp_path / "ref")
+
+
+def test_synth_on_a_full_disk_is_one_line_and_reruns_to_the_same_store(disk, tmp_path):
+    args = ("--d", "16", "--branching", "3,2", "--tokens", "40000", "--quiet")
+    subprocess.run(_hsae("synth", "--out", str(tmp_path / "ref"), *args), check=True)
+    out = disk.where / "s"
+    _assert_reported(disk.run(_hsae("synth", "--out", str(out), *args), {"tmpfs": 1_500_000, "fsize": 200_000}),
+                     disk.where)
+    assert not (out / "manifest.json").exists()
+    disk.free()
+    subprocess.run(_hsae("synth", "--out", str(out), *args), check=True)
+    ref, got = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "ref", out))
+    assert [s["sha256"] for s in got["shards"]] == [s["sha256"] for s in ref["shards"]]
