@@ -49,3 +49,26 @@ def test_a_corrupt_shard_is_raised_by_get(store, tmp_path):
                 fast.get(step)
     finally:
         fast.close()
+
+
+def test_a_16_bit_store_is_windowed_in_16_bits_and_batched_exactly(tmp_path, monkeypatch):
+    """Windows keep the store's float16 (half the memory); each batch equals the rows read as
+    float32 and normalised, row for row."""
+    monkeypatch.setattr(batches_mod, "BLOCK_ROWS", 64)
+    rng = np.random.default_rng(1)
+    w = StoreWriter(tmp_path / "h", 6, "float16")
+    w.write(rng.standard_normal((900, 6)).astype(np.float16))
+    w.finish()
+    store = Store(tmp_path / "h")
+    s = BatchStream(store, range(0, 900), 50, seed=2)
+    seen = []
+    for step in range(18):  # one epoch: every row once
+        x = s.batch(step)
+        assert x.dtype == torch.float32
+        seen.append(x)
+    assert s._window_cache[1].dtype == torch.float16
+    got = torch.cat(seen)
+    want = store.batch(0, 900)
+    # the same multiset of rows (in the stream's order): sort both by their first two columns
+    key = lambda t: t[np.lexsort((t[:, 1].numpy(), t[:, 0].numpy()))]  # noqa: E731
+    assert torch.equal(key(got), key(want))

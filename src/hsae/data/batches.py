@@ -1,7 +1,9 @@
 """Shuffled training batches as a pure function of the step, so a resumed run sees the same data.
 
 Each epoch permutes fixed blocks of rows, groups consecutive permuted blocks into windows of
-about WINDOW_BYTES, and permutes the rows inside each window. Only one window is in memory
+about WINDOW_BYTES, and permutes the rows inside each window. Windows stay in the store's dtype
+(16-bit for a collected store: half the memory and copying); a batch becomes float32 and is
+normalised only when it is cut from its window. Only one window is in memory
 (two while the next is read ahead); its blocks are contiguous reads, so a store much larger
 than RAM streams fine. `Prefetcher` computes the batches of the coming steps in a background
 thread and reads the next window while the current one is consumed, so training waits on
@@ -45,7 +47,8 @@ class BatchStream:
         self.n = int(self.block_sizes.sum())
         if self.n == 0:
             raise ValueError("no rows to draw batches from")
-        self.window_blocks = max(1, WINDOW_BYTES // (store.d * 4 * BLOCK_ROWS))
+        item = np.dtype(store.meta.get("dtype", "float32")).itemsize if store.path.is_dir() else 4
+        self.window_blocks = max(1, WINDOW_BYTES // (store.d * item * BLOCK_ROWS))
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
         self._window_cache: tuple[tuple[int, int], torch.Tensor] | None = None
         self._pool: ThreadPoolExecutor | None = None  # set by read_ahead()
@@ -81,7 +84,7 @@ class BatchStream:
 
         def read(b):
             a, z = b * BLOCK_ROWS, min(len(self.rows), (b + 1) * BLOCK_ROWS)
-            x = self.store.batch(self.rows.start + a, self.rows.start + z)
+            x = torch.from_numpy(self.store.read(self.rows.start + a, self.rows.start + z, native=True))
             return x if self.keep is None else x[torch.from_numpy(self.keep[a:z])]
 
         if self._readers is None:
@@ -113,8 +116,9 @@ class BatchStream:
                 self._ahead = ((ne, nw), self._pool.submit(self._load, ne, nw, order))
         return self._window_cache[1]
 
-    def batch(self, step: int) -> torch.Tensor:
-        """The step's batch; identical for the same (store, rows, batch size, seed, step)."""
+    def batch(self, step: int, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """Rows [lo, hi) of the step's batch (a data-parallel rank's part; default all), normalised
+        float32; identical for the same (store, rows, batch size, seed, step)."""
         pos, need, out = step * self.B, self.B, []
         while need:
             e, off = divmod(pos, self.n)
@@ -124,7 +128,8 @@ class BatchStream:
             a = off - int(starts[w])
             out.append(self._window(e, w)[a:a + take])
             pos, need = pos + take, need - take
-        return out[0] if len(out) == 1 else torch.cat(out)
+        x = (out[0] if len(out) == 1 else torch.cat(out))[lo:hi]
+        return x.to(torch.float32, copy=True).mul_(self.store.scale)  # a copy: never a view of the window
 
 
 class Prefetcher:
@@ -150,8 +155,8 @@ class Prefetcher:
         step = start
         while not stop.is_set():
             try:
-                x = self.stream.batch(step)[self.lo:self.hi]
-                item = (step, x.pin_memory() if self.pin else x.clone())  # clone: not a view of the window
+                x = self.stream.batch(step, self.lo, self.hi)
+                item = (step, x.pin_memory() if self.pin else x)
             except BaseException as e:  # handed to get(), which raises it in the training thread
                 item = (step, e)
             while not stop.is_set():

@@ -35,7 +35,7 @@ MANIFEST_FIELDS = {"format": (str, True), "version": (int, True), "d": (int, Tru
                    "rows": (int, True), "scale": ((int, float), True), "shards": (list, True),
                    "finite_checked": (bool, False), "source": (dict, False), "dropped_nonfinite": (int, False),
                    "excluded": (dict, False), "truth": (str, False)}
-SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32", "BF16": "bfloat16"}
+SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32"}  # what the numpy reader can map
 
 
 def check_manifest(m, path: Path) -> None:
@@ -57,7 +57,7 @@ def check_manifest(m, path: Path) -> None:
     if m["format"] != "hsae-store" or m["version"] != 1:
         bad(f"format {m['format']!r} version {m['version']!r}, expected 'hsae-store' version 1")
     if m["d"] < 1 or m["dtype"] not in SAFETENSORS_DTYPES.values() or not (math.isfinite(m["scale"]) and m["scale"] > 0):
-        bad("d must be positive, dtype float16/float32/bfloat16, scale positive and finite")
+        bad("d must be positive, dtype float16 or float32, scale positive and finite")
     for i, s in enumerate(m["shards"]):
         ok = isinstance(s, dict) and set(s) == {"file", "rows", "sha256"} and isinstance(s["file"], str) \
             and Path(s["file"]).name == s["file"] and isinstance(s["rows"], int) and s["rows"] > 0
@@ -203,8 +203,8 @@ class Store:
             return np.asarray(f[a:b])
         return f.get_slice(self._key)[a:b]
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Raw (unscaled) rows [start, stop) as float32, across shards."""
+    def read(self, start: int, stop: int, native: bool = False) -> np.ndarray:
+        """Raw (unscaled) rows [start, stop) as float32 (native=True: in the store's own dtype), across shards."""
         out = []
         i = int(np.searchsorted(self.offsets, start, side="right")) - 1
         while start < stop:
@@ -213,7 +213,8 @@ class Store:
             start, i = end, i + 1
         if not out:
             return np.zeros((0, self.d), np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        x = np.concatenate(out)
+        return x if native else x.astype(np.float32, copy=False)
 
     def read_extra(self, key: str, start: int, stop: int) -> np.ndarray:
         """Per-row metadata (a collected store has 'tokens', 'doc', 'pos') of rows [start, stop)."""
