@@ -69,7 +69,8 @@ def _chunk_sums(vals, W, cols, group):
     for e0, e1 in _chunks(group, W.shape[1]):
         v, Wc = vals[e0:e1], W.index_select(0, cols[e0:e1])
         gi = group[e0:e1] - group[e0]
-        V = W.new_zeros(int(gi[-1]) + 1, W.shape[1]).index_add_(0, gi, v[:, None] * Wc)
+        # one row per entry bounds the groups (the unused rows stay 0) without reading gi[-1] on the host
+        V = W.new_zeros(e1 - e0, W.shape[1]).index_add_(0, gi, v[:, None] * Wc)
         yield e0, e1, V, v, Wc, gi
 
 
@@ -111,9 +112,7 @@ def constraint(
     its threshold gradient is nonzero (a superset of a_c != 0); parent [n_c] int64, -1 = none.
     """
     B, n_p = a_p.shape
-    has_parent = parent >= 0
-    if not bool(has_parent.any()):
-        return a_p.new_zeros(())
+    has_parent = parent >= 0  # none (no forest yet): every term below is 0, with no host read
     has_child = torch.zeros(n_p, dtype=torch.bool, device=a_p.device)
     has_child[parent[has_parent]] = True
     t1 = (a_p.square() * has_child).sum()
@@ -132,10 +131,9 @@ def constraint(
     # Group entries by (input, parent); only groups of two or more carry a cross term.
     key = rows * n_p + par
     uniq, inv, counts = torch.unique(key, return_inverse=True, return_counts=True)
-    multi = counts[inv] >= 2
-    if bool(multi.any()):
-        order = torch.argsort(inv[multi], stable=True)
-        idx = multi.nonzero().squeeze(1)[order]
+    multi = (counts[inv] >= 2).nonzero().squeeze(1)
+    if multi.numel():
+        idx = multi[torch.argsort(inv[multi], stable=True)]
         g_old = inv[idx]
         group = torch.cumsum(torch.cat([g_old.new_ones(1), (g_old[1:] != g_old[:-1]).long()]), 0) - 1
         t3 = t3 + _SiblingCross.apply(vals[idx], W_c, cols[idx], group)

@@ -170,9 +170,10 @@ def add_pair_counts(out: torch.Tensor, active_p: torch.Tensor, active_c: torch.T
     if total > max_pairs:
         return out.add_((active_c.t().float() @ active_p.float()).to(out.dtype))
     start = torch.cumsum(kp, 0) - kp
-    ci = cc.repeat_interleave(reps)
-    base = (torch.cumsum(reps, 0) - reps).repeat_interleave(reps)
-    pi = cp[start[rc].repeat_interleave(reps) + torch.arange(total, device=cc.device) - base]
+    # output_size: the total is already on the host, so no repeat_interleave reads it again
+    ci = cc.repeat_interleave(reps, output_size=total)
+    base = (torch.cumsum(reps, 0) - reps).repeat_interleave(reps, output_size=total)
+    pi = cp[start[rc].repeat_interleave(reps, output_size=total) + torch.arange(total, device=cc.device) - base]
     out.view(-1).index_add_(0, ci * n_p + pi, torch.ones(total, device=out.device, dtype=out.dtype))
     return out
 

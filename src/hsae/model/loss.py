@@ -23,13 +23,16 @@ from .jumprelu import jumprelu_l0
 
 @dataclass
 class LossOutput:
-    """The scalar loss plus detached per-level statistics for the trainer."""
+    """The scalar loss plus detached per-level statistics for the trainer.
+
+    The statistics stay 0-d tensors on the loss's device: reading them is the trainer's one host
+    synchronisation per step (a GPU step can then run ahead of the host until that read)."""
 
     loss: torch.Tensor
-    mse: list[float]
-    l0: list[float]
-    constraint: list[float]
-    ghost: list[float]
+    mse: list[torch.Tensor]
+    l0: list[torch.Tensor]
+    constraint: list[torch.Tensor]
+    ghost: list[torch.Tensor]
     active: list[torch.Tensor]  # bool [B, n_l] per level, detached
 
 
@@ -81,7 +84,8 @@ def hsae_loss(
     """The fast HSAE loss on a batch x [B, d].
 
     swap[l] (l < L-1): bool [n_l] of parents swapped this step (None: no swap).
-    dead[l]: bool [n_l] of features that get ghost gradients (None: none).
+    dead[l]: bool [n_l] of features that get ghost gradients (None, or no True: none; pass None
+    when there are none, which the caller knows without reading the device).
     rho = 0 with no swaps trains the levels independently (the post-hoc baseline).
     mean: averages a detached tensor over data-parallel ranks (None: one process).
     encode: encode_level, or a compiled version of it.
@@ -118,17 +122,17 @@ def hsae_loss(
         mse = (x_t - x).square().sum(1).mean()
         l0 = l0s_t[l]
         total = total + mse + lambdas[l] * l0
-        mses.append(mse.item())
-        l0s.append(l0.item())
-        if dead[l] is not None and bool(dead[l].any()):
+        mses.append(mse.detach())
+        l0s.append(l0.detach())
+        if dead[l] is not None:
             g = ghost_loss(x, x_t, hs[l], lv.W_dec, dead[l], mse, mean)
             total = total + g
-            ghosts.append(g.item())
+            ghosts.append(g.detach())
         else:
-            ghosts.append(0.0)
+            ghosts.append(x.new_zeros(()))
         if l < L - 1 and rho > 0:
             c = constraint(acts[l], acts[l + 1], supports[l + 1], lv.W_dec,
                            model.levels[l + 1].W_dec, model.parent(l + 1))
             total = total + rho * c
-            cons.append(c.item())
+            cons.append(c.detach())
     return LossOutput(total, mses, l0s, cons, ghosts, [a.detach() > 0 for a in acts])

@@ -93,6 +93,7 @@ class Trainer:
         # the last complete window (features that fired far less than their level's average).
         self.fires = [torch.zeros(n, dtype=torch.long, device=dev) for n in cfg.levels]
         self.dead = [torch.zeros(n, dtype=torch.bool, device=dev) for n in cfg.levels]
+        self.n_dead = [0] * len(cfg.levels)  # host copy of the masks' counts, refreshed when they change
         # Features allowed in the forest: found firing by the last window (not dead, not restarted since).
         self.live = [torch.ones(n, dtype=torch.bool, device=dev) for n in cfg.levels]
         self.coact = ([CoActivation(a, b, device=dev) for a, b in zip(cfg.levels, cfg.levels[1:])]
@@ -140,6 +141,7 @@ class Trainer:
         self.opt.load_state_dict(s["opt"])  # moves the moments to the parameters' device
         self.ctrl.load_state_dict(s["ctrl"])
         self.fires, self.dead = [t.to(dev) for t in s["fires"]], [t.to(dev) for t in s["dead"]]
+        self.n_dead = [int(d.sum()) for d in self.dead]
         self.live = [t.to(dev) for t in s["live"]]
         if self.coact:
             for c, cs in zip(self.coact, s["coact"]):
@@ -191,7 +193,9 @@ class Trainer:
         for grp in self.opt.param_groups:
             grp["lr"] = lr
         x = self.batches.get(self.step).to(self.device, non_blocking=True)
-        dead = list(self.dead)  # this step's masks; a window closing below replaces them
+        # this step's masks (None where a level has no dead feature); a window closing below replaces them
+        dead = [d if n else None for d, n in zip(self.dead, self.n_dead)]
+        n_dead = list(self.n_dead)
         restarted = None
         rho = 0.0 if cfg.baseline else cfg.rho
         mean = self.dist.mean if self.dist.world > 1 else None
@@ -205,8 +209,8 @@ class Trainer:
 
         # Every rank's statistics are of its slice: average them (equal slices) before use.
         L = len(cfg.levels)
-        stats = torch.tensor([out.loss.item(), *out.mse, *out.l0, *out.constraint, *out.ghost], dtype=torch.float64,
-                             device=self.device if self.dist.world > 1 else "cpu")  # nccl reduces on the GPU
+        # the step's one host synchronisation: every statistic in one read (nccl reduces on the GPU)
+        stats = torch.stack([out.loss.detach(), *out.mse, *out.l0, *out.constraint, *out.ghost]).double()
         stats = self.dist.mean(stats).tolist()
         loss, mse, l0 = stats[0], stats[1:1 + L], stats[1 + L:1 + 2 * L]
         cons, ghost = stats[1 + 2 * L:1 + 2 * L + len(out.constraint)], stats[1 + 2 * L + len(out.constraint):]
@@ -224,7 +228,7 @@ class Trainer:
         self.step += 1
         rec = {"step": self.step - 1, "lr": lr, "loss": loss, "mse": mse, "l0": l0,
                "lambda": lambdas, "constraint": cons, "ghost": ghost,
-               "dead": [int(d.sum()) for d in dead]}
+               "dead": n_dead}
         if restarted is not None:
             rec["restarted"] = restarted
         if self._update_due():
@@ -257,6 +261,7 @@ class Trainer:
             self.dead[l] = self.dist.sum_(self.fires[l]) < max(1.0, cfg.dead_fraction * expected)
             self.live[l] = ~self.dead[l]
             self.fires[l].zero_()
+        self.n_dead = [int(d.sum()) for d in self.dead]  # once per window, not per step
 
     def _resample(self, x: torch.Tensor) -> list[int]:
         """Restart the features just found dead (train/resample.py) on the global batch; they get
@@ -273,6 +278,7 @@ class Trainer:
             self.dead[l][idx] = False
             self.live[l][idx] = False
             counts.append(int(idx.numel()))
+        self.n_dead = [int(d.sum()) for d in self.dead]
         return counts
 
     def assign(self) -> None:
