@@ -1,12 +1,16 @@
-"""Seconds per training step: HSAE vs the same levels trained independently vs the naive dense loss.
+"""Seconds per training step: HSAE vs the same levels trained independently vs SAELens vs the naive dense loss.
 
-Prints one JSON object. Each configuration runs in its own subprocess so that its peak RSS
-is its own. A step is the trainer's own `train_step` (batch, loss, backward, Adam, decoder
+Prints one JSON object. Each (configuration, mode) runs in a fresh subprocess, so that its
+peak RSS is its own; with --rounds R the modes alternate R times (hsae, independent, saelens,
+hsae, ...) and the medians and their ratios are reported, because on a shared machine only
+side-by-side timings compare. "saelens" is SAELens's JumpReLUTrainingSAE, one per level,
+trained independently (forward, backward, Adam), the step a user would otherwise run. A step is the trainer's own `train_step` (batch, loss, backward, Adam, decoder
 renormalisation, statistics) with the forest assigned and every level's thresholds set so
 that L0 is about `--l0` (as in a trained model: the constraint's cost grows with L0).
 
   python bench/step.py                 # small + paper dims + dense comparison (~10 min on 2 cores)
   python bench/step.py --only small    # one configuration
+  python bench/step.py --only demo --rounds 3   # the demo's dims, alternated, with SAELens
   python bench/step.py --only paper --device cuda --dtype bfloat16
 
 bench/run_all.py builds the suite's JSON from the same measurements.
@@ -15,6 +19,7 @@ bench/run_all.py builds the suite's JSON from the same measurements.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -31,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 CONFIGS = {
     "small": {"d": 64, "levels": [8, 24, 72], "l0": 3, "batch": 1024, "steps": 30},
+    "demo": {"d": 576, "levels": [256, 512, 1024, 2048], "l0": 20, "batch": 1024, "steps": 10},
+    "demo_wide": {"d": 576, "levels": [2048, 4096, 8192, 16384], "l0": 50, "batch": 1024, "steps": 3},
     "paper": {"d": 2304, "levels": [2048, 4096, 8192, 16384], "l0": 50, "batch": 1024, "steps": 4},
     "dense_cmp": {"d": 256, "levels": [256, 512, 1024, 2048], "l0": 20, "batch": 1024, "steps": 2},
 }
@@ -84,10 +91,36 @@ def peak_memory_gib() -> dict:
     return out
 
 
+def saelens_step(c: dict, device: str = "cpu", dtype: str = "float32"):
+    """SAELens's step for the same levels: one JumpReLUTrainingSAE per level, forward + backward + Adam."""
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+
+    torch.manual_seed(0)
+    saes = [JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=c["d"], d_sae=n, dtype="float32", device=device))
+            for n in c["levels"]]
+    opts = [torch.optim.Adam(s.parameters(), lr=1e-6, betas=(0.0, 0.999)) for s in saes]
+    x = torch.randn(c["batch"], c["d"], device=device)
+    ctx = torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+
+    def step():
+        for sae, opt in zip(saes, opts):
+            with ctx:
+                out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l0": 1.0},
+                                                               dead_neuron_mask=None, n_training_steps=0,
+                                                               is_logging_step=False))
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+    return step
+
+
 def run_one(name: str, mode: str, device: str = "cpu", dtype: str = "float32", compile: bool = False,
             steps: int | None = None) -> dict:
     """Time one (configuration, mode) in this process."""
     c = CONFIGS[name]
+    if mode == "saelens":
+        return {"seconds_per_step": _time(saelens_step(c, device, dtype), steps or c["steps"]), **peak_memory_gib()}
     with tempfile.TemporaryDirectory() as tmp:
         tr, x = _trainer(Path(tmp), c, mode, device, dtype, compile)
         if mode == "dense":
@@ -131,6 +164,25 @@ def matmul_ceiling(c: dict, steps: int, device: str = "cpu", dtype: str = "float
     return _time(mm, steps)
 
 
+def alternated(name: str, modes: list[str], rounds: int, sub) -> dict:
+    """{mode: result} with the median seconds over `rounds` alternated fresh-process runs (and every run's)."""
+    runs = {m: [] for m in modes}
+    for _ in range(rounds):
+        for m in modes:
+            if m == "dense" and runs[m]:
+                continue  # minutes per step: once is enough
+            runs[m].append(sub(name, m))
+    out = {}
+    for m, rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        if not ok:
+            out[m] = rs[0]
+            continue
+        med = statistics.median(r["seconds_per_step"] for r in ok)
+        out[m] = {**ok[0], "seconds_per_step": med, "runs_s": [r["seconds_per_step"] for r in ok]}
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=list(CONFIGS), help="run one configuration")
@@ -138,6 +190,7 @@ def main():
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="precision of the products")
     p.add_argument("--compile", action="store_true", help="torch.compile the levels' dense encode")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default: per configuration)")
+    p.add_argument("--rounds", type=int, default=1, help="alternate the modes this many times; report medians")
     p.add_argument("--child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -156,9 +209,11 @@ def main():
               "configs": {}}
     for name in [a.only] if a.only else list(CONFIGS):
         c = CONFIGS[name]
-        modes = ["hsae", "independent"] + (["dense"] if name == "dense_cmp" else [])
-        r = {"config": c, **{m: sub(name, m) for m in modes}}
-        h, ind = r["hsae"], r["independent"]
+        modes = ["hsae", "independent", "saelens"] + (["dense"] if name == "dense_cmp" else [])
+        r = {"config": c, **alternated(name, modes, a.rounds, sub)}
+        h, ind, sl = r["hsae"], r["independent"], r["saelens"]
+        if "error" not in h and "error" not in sl:
+            r["hsae_over_saelens"] = h["seconds_per_step"] / sl["seconds_per_step"]
         if "error" not in h and "error" not in ind:
             r["overhead_ratio"] = h["seconds_per_step"] / ind["seconds_per_step"]
             r["matmul_ceiling_s"] = matmul_ceiling(c, a.steps or c["steps"], a.device, a.dtype)
