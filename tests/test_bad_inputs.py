@@ -282,3 +282,23 @@ def test_a_bad_command_line_is_one_line_exit_2(cmd, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"hsae {cmd}: error:" in err[0], err
+
+
+OUT_ROWS = sorted(row for row, (argv, _) in COMMANDS.items() if any("{out}" in a for a in argv))
+
+
+@pytest.mark.parametrize("where", ["is-a-file", "under-a-file"])
+@pytest.mark.parametrize("row", OUT_ROWS)
+def test_an_output_where_a_file_is_in_the_way_is_one_line(row, where, good, tmp_path, capsys):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a directory")
+    out = blocker if where == "is-a-file" else blocker / "out"
+    argv, fams = COMMANDS[row]
+    fill = {"X": str(good / {"store": "acts", "config": "a/config.json", "sae": "sae/level_0", "corpus": "corpus.txt",
+                             "model": "model"}.get(fams[0], "a")),
+            "out": str(out), "acts": str(good / "acts"), "run": str(good / "a"), "sae": str(good / "sae" / "level_0"),
+            "model": str(good / "model"), "corpus": str(good / "corpus.txt")}
+    capsys.readouterr()
+    assert main([a.format(**fill) for a in argv]) == 2
+    _one_line_error(capsys, "blocker")
+    assert blocker.read_text() == "not a directory"

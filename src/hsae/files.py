@@ -3,7 +3,8 @@
 Every file hsae writes goes through here: it is written to `NAME.tmp`, synced, then renamed over
 NAME (`publish`), so a reader, a crash or a full disk never leaves half a file under the real
 name. A write that fails for a reason the user can fix (ENOSPC, EDQUOT, EROFS, EFBIG, EIO, EACCES)
-removes its temporary file and becomes a one-line `UserError` naming the path.
+removes its temporary file and becomes a one-line `UserError` naming the path (so does an output
+directory where a file is in the way).
 
 `output_lock(dir, command)` takes an exclusive `fcntl.flock` on `dir/.hsae.lock` for a command
 that writes into `dir`. The OS drops the lock when its holder exits, even on kill -9, so nothing
@@ -25,8 +26,10 @@ from pathlib import Path
 from .config import UserError
 
 LOCK = ".hsae.lock"
-# errors a user fixes by freeing space, remounting or fixing permissions: reported, never a traceback
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM}
+# errors a user fixes by freeing space, remounting, fixing permissions or the path: reported, never a traceback
+SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+WRITE_ERRORS = SPACE_ERRORS | {errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
+                               errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP}
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: the umask can only be read by setting it
 _held: dict[Path, int] = {}  # output directories this process holds the lock of -> lock file descriptor
@@ -40,8 +43,10 @@ def write_failed(path: Path | str, e: BaseException) -> UserError | None:
         code = int(m.group(1) or m.group(2)) if m and type(e).__name__ == "SafetensorError" else None
     if code not in WRITE_ERRORS:
         return None
-    return UserError(f"cannot write {path}: {os.strerror(code)}; fix that (free space, permissions) "
-                     "and rerun the same command to continue")
+    if code in (errno.EEXIST, errno.ENOTDIR):  # mkdir of an output where a file stands
+        return UserError(f"cannot write {path}: a file is in the way of that directory; choose another output")
+    fix = "free space" if code in SPACE_ERRORS else "fix that"
+    return UserError(f"cannot write {path}: {os.strerror(code)}; {fix} and rerun the same command to continue")
 
 
 @contextlib.contextmanager
