@@ -71,3 +71,12 @@ def test_sibling_cross_gradcheck_with_chunks(monkeypatch):
     ref = sum(2 * vals[i] * vals[j] * (W[cols[i]] @ W[cols[j]])
               for i in range(11) for j in range(i + 1, 11) if group[i] == group[j])
     assert _SiblingCross.apply(vals, W, cols, group).item() == pytest.approx(ref.item(), rel=1e-10)
+
+
+def test_a_dead_mask_with_no_dead_feature_adds_nothing():
+    """dead=[all False] is the same loss as dead=None (no ghost term), decided without a host read."""
+    m, x, _ = _case(6)
+    none = hsae_loss(m, x, [0.1] * 3, rho=0.0, bandwidth=0.1)
+    empty = hsae_loss(m, x, [0.1] * 3, rho=0.0, bandwidth=0.1,
+                      dead=[torch.zeros(lv.n, dtype=torch.bool) for lv in m.levels])
+    assert empty.loss.item() == none.loss.item()

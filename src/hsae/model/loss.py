@@ -58,7 +58,9 @@ def ghost_loss(x: torch.Tensor, x_hat: torch.Tensor, h: torch.Tensor, W_dec: tor
     stats = torch.stack([mse.detach(), g.detach()])
     if mean is not None:
         stats = mean(stats)
-    return g * (stats[0] / stats[1].clamp_min(1e-12))
+    # * dead.any(): a mask with no dead feature adds nothing (the residual alone is not a ghost
+    # term), decided on the device rather than by a host read
+    return g * (stats[0] / stats[1].clamp_min(1e-12)) * dead.any()
 
 
 def encode_level(lv, x: torch.Tensor, bandwidth: float):
@@ -84,8 +86,8 @@ def hsae_loss(
     """The fast HSAE loss on a batch x [B, d].
 
     swap[l] (l < L-1): bool [n_l] of parents swapped this step (None: no swap).
-    dead[l]: bool [n_l] of features that get ghost gradients (None, or no True: none; pass None
-    when there are none, which the caller knows without reading the device).
+    dead[l]: bool [n_l] of features that get ghost gradients (None: none; the trainer passes None
+    where it knows there are none, so it skips the work without reading the device).
     rho = 0 with no swaps trains the levels independently (the post-hoc baseline).
     mean: averages a detached tensor over data-parallel ranks (None: one process).
     encode: encode_level, or a compiled version of it.

@@ -141,7 +141,7 @@ class Trainer:
         self.opt.load_state_dict(s["opt"])  # moves the moments to the parameters' device
         self.ctrl.load_state_dict(s["ctrl"])
         self.fires, self.dead = [t.to(dev) for t in s["fires"]], [t.to(dev) for t in s["dead"]]
-        self.n_dead = [int(d.sum()) for d in self.dead]
+        self._recount_dead()
         self.live = [t.to(dev) for t in s["live"]]
         if self.coact:
             for c, cs in zip(self.coact, s["coact"]):
@@ -261,7 +261,12 @@ class Trainer:
             self.dead[l] = self.dist.sum_(self.fires[l]) < max(1.0, cfg.dead_fraction * expected)
             self.live[l] = ~self.dead[l]
             self.fires[l].zero_()
-        self.n_dead = [int(d.sum()) for d in self.dead]  # once per window, not per step
+        self._recount_dead()
+
+    def _recount_dead(self) -> None:
+        """Refresh the host copy of the dead counts: whenever the masks change (once per window at
+        most), so an ordinary step never reads them from the device."""
+        self.n_dead = [int(d.sum()) for d in self.dead]
 
     def _resample(self, x: torch.Tensor) -> list[int]:
         """Restart the features just found dead (train/resample.py) on the global batch; they get
@@ -278,7 +283,7 @@ class Trainer:
             self.dead[l][idx] = False
             self.live[l][idx] = False
             counts.append(int(idx.numel()))
-        self.n_dead = [int(d.sum()) for d in self.dead]
+        self._recount_dead()
         return counts
 
     def assign(self) -> None:
