@@ -3,10 +3,10 @@
   loss = sum_l ||x~_l - x||^2 + lambda_l L0_l  +  rho sum_{l<L-1} constraint_l  (+ ghost grads)
 
 x~_l is level l's reconstruction with swapped parents replaced by their children:
-  x~_l = (A_l * keep) W_l + A_{l+1}[:, C(S)] W_{l+1}[C(S)] + b_dec_l
-where S are the swapped parents (one mask per step, shared by the batch; keep = 0 on S) and
-C(S) their children. The second product touches only ~r of the columns, so the swap costs
-~r of a decode.
+  x~_l = A_l W_l + b_dec_l + A_{l+1}[:, C(S)] W_{l+1}[C(S)] - A_l[:, S] W_l[S]
+where S are the swapped parents with children (one mask per step, shared by the batch) and
+C(S) their children (model/swap.py). The two corrections touch only ~r of the columns, so
+the swap costs ~r of a decode.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from .constraint import constraint
 from .hsae import HSAE
 from .jumprelu import jumprelu_l0
+from .swap import swap_delta
 
 
 @dataclass
@@ -34,11 +35,6 @@ class LossOutput:
     constraint: list[torch.Tensor]
     ghost: list[torch.Tensor]
     active: list[torch.Tensor]  # bool [B, n_l] per level, detached
-
-
-def swapped_children(parent: torch.Tensor, swap: torch.Tensor) -> torch.Tensor:
-    """Bool [n_{l+1}]: children whose parent is in the swap mask [n_l]."""
-    return (parent >= 0) & swap[parent.clamp_min(0)]
 
 
 def ghost_loss(x: torch.Tensor, x_hat: torch.Tensor, h: torch.Tensor, W_dec: torch.Tensor,
@@ -70,6 +66,27 @@ def encode_level(lv, x: torch.Tensor, bandwidth: float):
     """
     h = lv.pre(x).to(lv.W_enc.dtype)
     return (h, *jumprelu_l0(h, lv.threshold, bandwidth))
+
+
+def _couplings(model: HSAE, acts, supports, swap, rho: float):
+    """Per level pair: the swap's correction to the parent level's decode (or None) and the constraint.
+
+    Built after every decode, constraints from the last pair to the first, then the swaps, on
+    purpose: autograd runs later-built nodes first, and a level's gradient is summed in place
+    only if its sparse parts (swaps, the constraint where the level is the child) arrive before
+    its dense ones (the constraint where it is the parent, its decode). In another order
+    autograd copies the dense gradient: a full-size copy per level and pair.
+    """
+    L = len(model.levels)
+    deltas, cons = [None] * L, [None] * (L - 1)
+    for l in reversed(range(L - 1)) if rho > 0 else ():
+        lv, child = model.levels[l], model.levels[l + 1]
+        cons[l] = constraint(acts[l], acts[l + 1], supports[l + 1], lv.W_dec, child.W_dec, model.parent(l + 1))
+    for l in range(L - 1):
+        if swap[l] is not None:
+            lv, child = model.levels[l], model.levels[l + 1]
+            deltas[l] = swap_delta(acts[l], acts[l + 1], lv.W_dec, child.W_dec, model.parent(l + 1), swap[l])
+    return deltas, [c for c in cons if c is not None]
 
 
 def hsae_loss(
@@ -105,21 +122,14 @@ def hsae_loss(
         l0s_t.append(l0)
         supports.append(support)
 
+    decodes = [lv.decode(a) for lv, a in zip(model.levels, acts)]
+    deltas, cons = _couplings(model, acts, supports, swap, rho)
     total = x.new_zeros(())
-    mses, l0s, cons, ghosts = [], [], [], []
+    mses, l0s, ghosts = [], [], []
     for l, lv in enumerate(model.levels):
-        C = None
-        if l < L - 1 and swap[l] is not None:
-            C = swapped_children(model.parent(l + 1), swap[l]).nonzero().squeeze(1)
-        if C is not None and C.numel():
-            # Swapped parents (only those with children, PAPER.md section 3) are masked out of
-            # their level's decode; their children's outputs are added in their place.
-            keep = torch.ones(lv.n, dtype=x.dtype, device=x.device)
-            keep[model.parent(l + 1)[C]] = 0
-            child = model.levels[l + 1]
-            x_t = lv.decode(acts[l] * keep) + acts[l + 1].index_select(1, C) @ child.W_dec.index_select(0, C)
-        else:
-            x_t = lv.decode(acts[l])
+        x_t = decodes[l]
+        if deltas[l] is not None:
+            x_t = x_t + deltas[l].to(x_t.dtype)
         x_t = x_t.to(x.dtype)
         mse = (x_t - x).square().sum(1).mean()
         l0 = l0s_t[l]
@@ -132,9 +142,7 @@ def hsae_loss(
             ghosts.append(g.detach())
         else:
             ghosts.append(x.new_zeros(()))
-        if l < L - 1 and rho > 0:
-            c = constraint(acts[l], acts[l + 1], supports[l + 1], lv.W_dec,
-                           model.levels[l + 1].W_dec, model.parent(l + 1))
-            total = total + rho * c
-            cons.append(c.detach())
+    for c in cons:
+        total = total + rho * c
+    cons = [c.detach() for c in cons]
     return LossOutput(total, mses, l0s, cons, ghosts, [a.detach() > 0 for a in acts])
