@@ -157,12 +157,30 @@ def _train_config(a) -> TrainConfig:
 
 def cmd_train(a) -> int:
     """Train an HSAE (or the post-hoc baseline), resuming an unfinished run in --out."""
-    from .train import train
+    from .train import train, train_live
 
     cfg = _train_config(a)
     if a.baseline:
         cfg.baseline = True
-    return train(cfg, a.acts, a.out, progress=not a.quiet, device=a.device, dtype=a.dtype, compile=a.compile)
+    if a.acts:
+        return train(cfg, a.acts, a.out, progress=not a.quiet, device=a.device, dtype=a.dtype, compile=a.compile)
+    return train_live(cfg, _stream_source(a, cfg), a.out, progress=not a.quiet, device=a.device, dtype=a.dtype,
+                      compile=a.compile)
+
+
+def _stream_source(a, cfg: TrainConfig):
+    """The StreamSource of `hsae train --model`; sets one pass over the tokens as the default --steps."""
+    from .data.live import StreamSource
+
+    missing = [f"--{f}" for f in ("layer", "corpus", "tokens") if getattr(a, f) is None]
+    if missing:
+        raise UserError(f"training from --model needs {', '.join(missing)}")
+    held = a.heldout_tokens if a.heldout_tokens is not None else max(1, round(cfg.holdout * a.tokens))
+    src = StreamSource(model=a.model, layer=a.layer, corpus=a.corpus, tokens=a.tokens, heldout_tokens=held,
+                       ctx=a.ctx, seed=a.corpus_seed, buffer_rows=a.buffer_rows)
+    if a.steps is None and not a.config:
+        cfg.steps = max(1, (src.tokens - src.heldout_tokens) // cfg.batch_size)
+    return src
 
 
 def cmd_eval(a) -> int:
@@ -307,6 +325,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every subcommand."""
+    from .data.live import BUFFER_ROWS
+
     p = _Parser(prog="hsae", description="Hierarchical sparse autoencoders: train, evaluate, explore.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -342,7 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(fn=cmd_collect)
 
     t = sub.add_parser("train", help="train an HSAE or the post-hoc baseline")
-    t.add_argument("--acts", required=True, help="activation store directory, or one .npy/.safetensors [N, d] file")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--acts", help="activation store directory, or one .npy/.safetensors [N, d] file")
+    src.add_argument("--model", help="train from this model's forward passes, no store (embedded name, local directory "
+                                     "or local Hugging Face cache name); needs --layer, --corpus, --tokens")
+    t.add_argument("--layer", type=int, help="with --model: block whose output (residual stream) is trained on, from 0")
+    t.add_argument("--corpus", help="with --model: corpus name or .txt/.md/.rst/.jsonl file or directory")
+    t.add_argument("--tokens", type=int, help="with --model: corpus tokens used, held-out ones first (default --steps: one pass)")
+    t.add_argument("--heldout-tokens", type=int, help="with --model: the first tokens, written to RUN/heldout/ and never "
+                                                       "trained on (default: --holdout of --tokens)")
+    t.add_argument("--ctx", type=int, default=128, help="with --model: tokens per context")
+    t.add_argument("--corpus-seed", type=int, default=0, help="with --model: document order seed (as `collect --seed`)")
+    t.add_argument("--buffer-rows", type=int, default=BUFFER_ROWS,
+                   help="with --model: rows per chunk of the shuffle buffer (it holds about twice this many)")
     t.add_argument("--out", required=True, help="run directory (rerun with the same --out to resume)")
     t.add_argument("--config", help="config.json to start from (flags override its fields)")
     t.add_argument("--baseline", action="store_true", help="post-hoc baseline: independent levels, forest assigned at the end")

@@ -55,6 +55,16 @@ class BatchStream:
         self._readers: ThreadPoolExecutor | None = None
         self._ahead: tuple[tuple[int, int], Future] | None = None
 
+    @property
+    def d(self) -> int:
+        """Row width."""
+        return self.store.d
+
+    @property
+    def scale(self) -> float:
+        """The normalisation applied to every row."""
+        return self.store.scale
+
     def _epoch(self, e: int):
         """(block order, window start offsets within the epoch) for epoch e."""
         if self._epoch_cache is None or self._epoch_cache[0] != e:

@@ -180,8 +180,9 @@ def contexts_of(tok, corpus: str, ctx: int, seed: int):
 
 def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int, out: Path, ctx: int = 128,
                  batch_size: int = 16, seed: int = 0, dtype: str = "float16", shard_rows: int = 65536,
-                 progress: bool = True) -> dict:
-    """collect() with the model already loaded."""
+                 progress: bool = True, heldout: bool = False) -> dict:
+    """collect() with the model already loaded (heldout=True: a streaming run's held-out store,
+    which `hsae train --acts` refuses and every reader treats as held out whole)."""
     n_layers = len(decoder_layers(lm))
     if not 0 <= layer < n_layers:
         raise UserError(f"--layer {layer} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
@@ -194,6 +195,8 @@ def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int,
                        "tokenizer": type(tok).__name__,
                        # rows of these tokens are kept out of training and metrics (data/ordinary.py)
                        "special_ids": sorted(set(int(i) for i in tok.all_special_ids))}}
+    if heldout:
+        meta["heldout"] = True
     w = StoreWriter(out, d, dtype, meta, resume=True)
     skip = len(w.shards) * per_shard
     done = skip  # contexts in the store so far
@@ -204,7 +207,7 @@ def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int,
     writer, pending = ThreadPoolExecutor(1, thread_name_prefix="hsae-writer"), None
 
     def flush(pending: Future | None, buf: list) -> Future:
-        rows = _shard_rows(lm, layer, buf, batch_size, w.d, bar)
+        rows = shard_rows_of(lm, layer, buf, batch_size, w.d, bar)
         if pending is not None:
             pending.result()  # raises the writer's error, if any
         return writer.submit(_write, w, ctx - 1, *rows)
@@ -235,8 +238,8 @@ def collect_with(lm, tok, model_name: str, layer: int, corpus: str, tokens: int,
     return record_exclusions(out)
 
 
-def _shard_rows(lm, layer: int, contexts: list, batch_size: int, d: int, bar) -> tuple:
-    """Run the contexts: (acts, tokens, doc, pos) of their rows at positions >= 1."""
+def shard_rows_of(lm, layer: int, contexts: list, batch_size: int, d: int, bar=None) -> tuple:
+    """Run the contexts: (acts, tokens, doc, pos) of their rows at positions >= 1 (bar: a tqdm or None)."""
     acts, toks, docs, pos = [], [], [], []
     for b in range(0, len(contexts), batch_size):
         chunk = contexts[b:b + batch_size]
@@ -247,8 +250,9 @@ def _shard_rows(lm, layer: int, contexts: list, batch_size: int, d: int, bar) ->
         toks.append(ids[:, 1:].reshape(-1).numpy())
         docs.append(np.stack([c[1] for c in chunk])[:, 1:].reshape(-1))
         pos.append(np.stack([c[2] for c in chunk])[:, 1:].reshape(-1))
-        bar.update(h.shape[0])
-        bar.set_postfix_str(f"{h.shape[0] / (time.perf_counter() - t0):.0f} tok/s")
+        if bar is not None:
+            bar.update(h.shape[0])
+            bar.set_postfix_str(f"{h.shape[0] / (time.perf_counter() - t0):.0f} tok/s")
     return np.concatenate(acts), np.concatenate(toks), np.concatenate(docs), np.concatenate(pos)
 
 

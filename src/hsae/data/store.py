@@ -34,7 +34,7 @@ OUTLIER_FACTOR = 5.0  # a row above this multiple of the median norm is a massiv
 MANIFEST_FIELDS = {"format": (str, True), "version": (int, True), "d": (int, True), "dtype": (str, True),
                    "rows": (int, True), "scale": ((int, float), True), "shards": (list, True),
                    "finite_checked": (bool, False), "source": (dict, False), "dropped_nonfinite": (int, False),
-                   "excluded": (dict, False), "truth": (str, False)}
+                   "excluded": (dict, False), "truth": (str, False), "heldout": (bool, False)}
 SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32"}  # what the numpy reader can map
 
 
@@ -235,7 +235,10 @@ class Store:
         return torch.from_numpy(self.read(start, stop)).mul_(self.scale)
 
     def split(self, holdout: float) -> tuple[range, range]:
-        """(train rows, held-out rows): the held-out rows are the store's tail."""
+        """(train rows, held-out rows): the held-out rows are the store's tail, or every row of a
+        streaming run's held-out store."""
+        if self.meta.get("heldout"):
+            return range(0, 0), range(0, self.rows)
         n_eval = max(1, int(round(self.rows * holdout)))
         if n_eval >= self.rows:
             raise UserError(f"{self.path}: {self.rows} rows are too few to hold out {holdout:g} of them")

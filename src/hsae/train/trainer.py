@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..config import TrainConfig, UserError
 from ..data.batches import BatchStream, Prefetcher
+from ..data.live import LiveStream, StreamSource, open_live
 from ..data.store import Store
 from ..files import atomic_write, output_lock, writing
 from ..model import HSAE, CoActivation, hsae_loss, update_forest
@@ -64,29 +65,35 @@ class _Loss(nn.Module):
         return hsae_loss(self.model, x, lambdas, rho, swap, dead, bandwidth, mean, self.encode)
 
 
+def store_stream(store: Store, cfg: TrainConfig) -> BatchStream:
+    """The shuffled batches of a store's training rows (its ordinary rows before the held-out tail)."""
+    rows, _ = store.split(cfg.holdout)
+    # special tokens and massive activations are never trained on (data/ordinary.py)
+    keep = store.ordinary[rows.start:rows.stop]
+    if not keep.any():
+        raise UserError(f"{store.path}: no ordinary training rows (all are special tokens or massive activations)")
+    return BatchStream(store, rows, cfg.batch_size, cfg.seed, keep)
+
+
 class Trainer:
     """Owns the model, optimiser, controller and statistics of one run directory."""
 
-    def __init__(self, cfg: TrainConfig, store: Store, out: str | Path, dist: Dist | None = None,
+    def __init__(self, cfg: TrainConfig, data: Store | LiveStream, out: str | Path, dist: Dist | None = None,
                  dtype: str = "float32", compile: bool = False):
-        self.cfg, self.store, self.out = cfg, store, Path(out)
+        """data: a store (its training rows are drawn) or a live stream (`hsae train --model`)."""
+        self.cfg, self.out = cfg, Path(out)
         self.dist = dist or Dist("cpu")
         dev = self.device = self.dist.device
         if cfg.batch_size % self.dist.world:
             raise UserError(f"--batch-size {cfg.batch_size} must be a multiple of the {self.dist.world} processes")
         self.autocast = resolve_dtype(dtype)
-        self.train_rows, _ = store.split(cfg.holdout)
-        # special tokens and massive activations are never trained on (data/ordinary.py)
-        keep = store.ordinary[self.train_rows.start:self.train_rows.stop]
-        if not keep.any():
-            raise UserError(f"{store.path}: no ordinary training rows (all are special tokens or massive activations)")
-        self.stream = BatchStream(store, self.train_rows, cfg.batch_size, cfg.seed, keep)
+        self.stream = data if isinstance(data, LiveStream) else store_stream(data, cfg)
         part = cfg.batch_size // self.dist.world
-        depth = min(PREFETCH_BATCHES, PREFETCH_BYTES // (part * store.d * 4))
+        depth = min(PREFETCH_BATCHES, PREFETCH_BYTES // (part * self.stream.d * 4))
         self.batches = Prefetcher(self.stream, self.dist.rank * part, (self.dist.rank + 1) * part, depth,
                                   pin=dev.type == "cuda")
         # Built on the CPU from the seed, then moved: the same initial weights on every device.
-        self.model = HSAE(store.d, cfg.levels, cfg.threshold_init, seed=cfg.seed).to(dev)
+        self.model = HSAE(self.stream.d, cfg.levels, cfg.threshold_init, seed=cfg.seed).to(dev)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.0, 0.995), fused=dev.type == "cuda")
         self.ctrl = L0Controller(cfg.l0_targets, cfg.lambda_init, cfg.lambda_gain, cfg.l0_ema, cfg.l0_rate, cfg.steps)
         # Firing counts over the current window of dead_period steps, and the dead mask from
@@ -128,6 +135,8 @@ class Trainer:
             "opt": self.opt.state_dict(), "ctrl": self.ctrl.state_dict(), "fires": self.fires, "dead": self.dead,
             "live": self.live,
             "coact": [c.state_dict() for c in self.coact] if self.coact else None,
+            # a live stream's position (window, offset) of the next batch; a store's batches need none
+            "data": list(self.stream.position(self.step)) if isinstance(self.stream, LiveStream) else None,
         }
 
     def load_state_dict(self, s: dict) -> None:
@@ -149,6 +158,10 @@ class Trainer:
         if not self.dist.main:  # rank 0 holds the global sums; the others start their parts at 0
             for t in self._partials():
                 t.zero_()
+        if isinstance(self.stream, LiveStream):
+            if s.get("data") is None:
+                raise UserError(f"{self.out / CHECKPOINT} was written by a store-based run; use another --out")
+            self.stream.seek(self.step, *s["data"])
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint atomically (rank 0; every rank must call it)."""
@@ -345,7 +358,7 @@ class Trainer:
         if self.cfg.baseline:
             self.assign()  # post-hoc: the forest is assigned once, after training
         if main:
-            save_model(self.model, self.out / MODEL, self.store.scale)
+            save_model(self.model, self.out / MODEL, self.stream.scale)
             (self.out / CHECKPOINT).unlink(missing_ok=True)
         self.dist.barrier()
         return 0
@@ -378,6 +391,8 @@ def train(cfg: TrainConfig, acts: str | Path, out: str | Path, progress: bool = 
         raise UserError(f"config says d={cfg.d} but {acts} has d={store.d}")
     cfg.d = store.d
     cfg.acts = str(acts)
+    if store.meta.get("heldout"):
+        raise UserError(f"{acts} is a streaming run's held-out store: it is never trained on")
     bad = store.count_nonfinite()
     if bad:
         raise UserError(f"{acts}: {bad} rows contain NaN or Inf; drop them before training")
@@ -391,5 +406,56 @@ def train(cfg: TrainConfig, acts: str | Path, out: str | Path, progress: bool = 
         dist = Dist(device)
         try:
             return Trainer(cfg, store, out, dist, dtype, compile).run(progress)
+        finally:
+            dist.close()
+
+
+STREAM = "stream.json"  # a streaming run's source (data/live.py StreamSource)
+HELDOUT = "heldout"  # a streaming run's held-out store
+
+
+def train_live(cfg: TrainConfig, src: StreamSource, out: str | Path, progress: bool = True, device: str = "auto",
+               dtype: str = "float32", compile: bool = False) -> int:
+    """Train from a live model's forward passes (data/live.py); no store but RUN/heldout/ is written.
+
+    Resumes like train(): the checkpoint holds the stream's position, and the same source, config
+    and seed give the same batches. Data parallel: every rank runs the model on every context and
+    takes its slice of each batch.
+    """
+    from ..data.collect import load_model
+
+    cfg.validate()
+    resolve_dtype(dtype)
+    if src.ctx < 2 or src.heldout_tokens < 1 or src.tokens <= src.heldout_tokens or src.buffer_rows < 2:
+        raise UserError("--ctx must be >= 2, --buffer-rows >= 2, and --tokens above the held-out tokens (>= 1)")
+    out = Path(out)
+    cfg.acts = str(out / HELDOUT)
+    with output_lock(out, "train"):
+        spath = out / STREAM
+        if spath.is_file():
+            try:
+                old = StreamSource.from_dict(json.loads(spath.read_text()))
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot read {spath}: {e}") from None
+            if old != src:
+                raise UserError(f"{out} holds a streaming run of another source ({spath}); use another --out")
+        dist = Dist(device)
+        try:
+            lm, tok = load_model(src.model, dist.device)
+            d = lm.config.hidden_size
+            if cfg.d and cfg.d != d:
+                raise UserError(f"config says d={cfg.d} but {src.model} has d={d}")
+            cfg.d = d
+            if check_resumable(cfg, out) == "done":
+                print(f"{out}: already finished; delete it to train again")
+                return 0
+            if dist.main:
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write(spath, json.dumps(src.to_dict(), indent=2).encode())
+                live = open_live(lm, tok, src, out / HELDOUT, cfg.batch_size, cfg.seed, progress)
+            dist.barrier()  # the held-out store is written by rank 0 alone
+            if not dist.main:
+                live = open_live(lm, tok, src, out / HELDOUT, cfg.batch_size, cfg.seed, False)
+            return Trainer(cfg, live, out, dist, dtype, compile).run(progress)
         finally:
             dist.close()
