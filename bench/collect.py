@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hsae.data.collect import collect_with, contexts_of, load_model, residual
+from hsae.data.collect import collect_with, contexts_of
+from hsae.data.models import load_model, residual
 from hsae.device import resolve_device
 
 

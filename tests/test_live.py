@@ -150,7 +150,7 @@ def test_held_out_store_and_training_rows_are_those_a_collection_holds(tiny, ref
     np.testing.assert_array_equal(store.read(0, held.rows), held.read(0, held.rows))
     # and the live stream's rows of one pass are the collected store's rows after them, filtered by
     # the rule of data/ordinary.py with the held-out store's numbers
-    from hsae.data.collect import load_model
+    from hsae.data.models import load_model
     from hsae.data.live import open_live
 
     src = StreamSource(**json.loads((reference / "stream.json").read_text()))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hsae.data import Store
-from hsae.data.collect import load_model
+from hsae.data.models import load_model
 from hsae.eval.splice import held_out_contexts, splice_eval, splice_store
 from hsae.model import HSAE
 from tiny import build_tiny, collect_tiny

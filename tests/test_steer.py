@@ -28,7 +28,7 @@ def _mid_feature(model):
 
 
 def test_hidden_state_moves_by_strength_times_direction(setup):
-    from hsae.data.collect import decoder_layers, load_model
+    from hsae.data.models import decoder_layers, load_model
     from hsae.interop.steer import added_to_block, direction
 
     lm, tok = load_model(str(setup / "model"))

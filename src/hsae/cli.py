@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_synth)
 
     k = sub.add_parser("collect", help="collect residual-stream activations from a local Hugging Face model")
-    k.add_argument("--model", required=True, help="local model directory or a name in the local Hugging Face cache")
+    k.add_argument("--model", required=True, help="embedded model (smollm2, gemma3-270m), local model directory or a name "
+                                                  "in the local Hugging Face cache")
     k.add_argument("--layer", type=int, required=True, help="block whose output (residual stream) is collected, from 0")
     k.add_argument("--corpus", required=True, help=".txt/.md/.rst/.jsonl file or a directory of them")
     k.add_argument("--tokens", type=int, default=1_000_000, help="activation rows to collect")
@@ -439,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--feature", required=True, help="LEVEL:ID of the feature, e.g. 1:42")
     st.add_argument("--strength", type=float, required=True, help="activation added, in the run's (normalised) units")
     st.add_argument("--prompt", required=True, help="text to continue")
-    st.add_argument("--model", help="'smollm2' or a local HF causal LM dir (default: the one the store names)")
+    st.add_argument("--model", help="an embedded model (smollm2, gemma3-270m) or a local HF causal LM dir (default: the one the store names)")
     st.add_argument("--layer", type=int, help="block whose output is steered (default: the store's layer)")
     st.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate per variant")
     st.add_argument("--seed", type=int, default=0, help="sampling seed, the same for every variant")

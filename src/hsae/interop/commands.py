@@ -42,7 +42,7 @@ def run_import(a) -> int:
 
 def run_steer(a) -> int:
     """`hsae steer`: continuations without steering, with the feature, its parent and each child."""
-    from ..data.collect import load_model
+    from ..data.models import load_model
     from .source import store_source
     from .steer import parse_feature, side_by_side, steer
 

@@ -174,7 +174,7 @@ class LocalChat(Backend):
 
     def __init__(self, model: str = "smollm2", cache: ResponseCache | None = None, max_tokens: int = 60,
                  loaded: tuple | None = None):
-        from ..data.collect import load_model
+        from ..data.models import load_model
 
         super().__init__(cache or ResponseCache(None), max_tokens)
         self.model_id = model

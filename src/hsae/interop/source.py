@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import TrainConfig
 
 # Hub ids of the embedded models, so exported metadata names a model other tools can find.
-HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
 
 
 def store_source(cfg: TrainConfig) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import UserError
-from ..data.collect import decoder_layers
+from ..data.models import decoder_layers
 from ..model import HSAE
 
 

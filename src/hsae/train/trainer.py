@@ -422,7 +422,7 @@ def train_live(cfg: TrainConfig, src: StreamSource, out: str | Path, progress: b
     and seed give the same batches. Data parallel: every rank runs the model on every context and
     takes its slice of each batch.
     """
-    from ..data.collect import load_model
+    from ..data.models import load_model
 
     cfg.validate()
     resolve_dtype(dtype)
