@@ -9,7 +9,8 @@ At the paper's dims (d=2304, levels 2048/4096/8192/16384, L0 50, batch 1024) on 
   - training tokens/s and the projected hours of the paper's 100M-token run (goal on one
     H100: under 1 hour), hierarchy updates every 5000 steps included;
   - streaming (bench/stream.py): rows/s read cold from a float16 store on disk while a
-    consumer takes the measured step time (at most 0.05 s), and the wait per step.
+    consumer takes the measured step time (at most 0.05 s), and the wait per step;
+  - streaming training from a live model vs collect + train (bench/stream_train.py).
 Each training measurement runs in its own subprocess (bench/step.py --child), so its peak
 memory is its own. A step is the trainer's own train_step (batch from the prefetching
 stream, loss, backward, Adam, renormalisation, statistics) with L0 at its target.
@@ -76,6 +77,8 @@ def main():
     mm = matmul_ceiling(c, steps, device, a.dtype)
     stream = _script("stream.py", "--d", str(c["d"]), "--batch", str(c["batch"]),
                      "--step-s", f"{min(hsae['seconds_per_step'], 0.05):.4f}")
+    # streaming training from the embedded model vs collect + train (bench/stream_train.py)
+    live = _script("stream_train.py", "--device", device, "--tokens", "20000" if device == "cpu" else "1000000")
 
     flops = 10 * c["batch"] * c["d"] * sum(c["levels"])  # 5 products of 2*B*d*n per level
     h_s, i_s = hsae["seconds_per_step"], ind["seconds_per_step"]
@@ -93,7 +96,7 @@ def main():
         **({"peak_gpu_gib": max(hsae["peak_gpu_gib"], ind["peak_gpu_gib"])} if device == "cuda" else {}),
         "training_tokens_per_s": c["batch"] / h_s,
         "projected_hours_100M_tokens": hours, "goal_projected_hours_h100": 1.0,
-        "stream": stream,
+        "stream": stream, "stream_train": live,
     }, indent=2))
 
 
