@@ -45,13 +45,13 @@ def run_name(name: str, seed: int, base_seed: int) -> str:
 def _eval_kw(have: dict | None, eval_kw: dict) -> dict | None:
     """evaluate_run's arguments if the run needs (re-)evaluating, else None.
 
-    Re-evaluated: no eval.json, a requested splice/absorption missing, or no chance level
+    Re-evaluated: no eval.json, a requested splice/absorption/wordnet missing, or no chance level
     (an eval.json from before chance levels); what the old one had is computed again."""
     want_chance = eval_kw.get("chance_draws", 1) > 0
     if have is not None and ("chance" in have["hierarchy"] or not want_chance) and \
-            not any(eval_kw.get(k) and k not in have for k in ("splice", "absorption")):
+            not any(eval_kw.get(k) and k not in have for k in ("splice", "absorption", "wordnet")):
         return None
-    return {**eval_kw, **{k: True for k in ("splice", "absorption") if have and k in have}}
+    return {**eval_kw, **{k: True for k in ("splice", "absorption", "wordnet") if have and k in have}}
 
 
 def run_ablation(base: TrainConfig, acts: str | Path, out: str | Path, variants: list[str] | None = None,

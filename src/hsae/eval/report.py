@@ -203,6 +203,21 @@ def _level_tables(evals: dict[str, dict]) -> list[str]:
                 f"{ev['absorption']['letters_kept']} / {ev['absorption']['letters_skipped']} |"
                 for n, ev in ab.items() for i, lv in enumerate(ev["levels"])]
         out.append("")
+    wn = {n: ev for n, ev in evals.items() if "wordnet" in ev}
+    if wn:
+        out += ["WordNet taxonomy (eval/wordnet.py): edges with both ends labelled; consistent = the child's "
+                "synset strictly under the parent's; chance = the same families under random parents.", "",
+                "| model | child level | labelled edges | consistent (chance) | equal (chance) | mean synset depth |",
+                "|---|---|---|---|---|---|"]
+        for n, ev in wn.items():
+            for i, lv in enumerate(ev["wordnet"]["levels"][1:], start=1):
+                out.append(f"| {n} | {i} | {lv['labelled_edges']} | {lv['consistent_fraction']:.3f} "
+                           f"({lv['chance_consistent_fraction']:.3f}) | {lv['equal_fraction']:.3f} | {lv['mean_depth']:.2f} |")
+            w = ev["wordnet"]
+            out.append(f"| {n} | all | {w['labelled_edges']} | {w['consistent_fraction']:.3f} "
+                       f"({w['chance_consistent_fraction']:.3f}) | {w['equal_fraction']:.3f} "
+                       f"({w['chance_equal_fraction']:.3f}) | |")
+        out.append("")
     return out
 
 
