@@ -278,3 +278,60 @@ def test_local_judge_with_the_embedded_smollm2(runs, tmp_path):
     r = json.loads((tmp_path / "j.json").read_text())["runs"][str(runs / "hsae")]
     assert r["pairs"] == 2 and r["answered"] + r["malformed"] == 2
     assert all(it["answer"] for it in r["items"])
+
+
+def test_auc_of_planted_scores():
+    from hsae.interop.judge import auc
+
+    assert auc([0.9, 0.8], [0.1, 0.2, 0.3]) == 1.0
+    assert auc([0.1], [0.9]) == 0.0
+    assert auc([0.7, 0.7], [0.7]) == 0.5  # a judge that scores everything alike: 0.5
+    assert auc([], [0.2]) is None
+
+
+def test_controls_are_non_child_pairs_from_the_edges_levels(runs):
+    from hsae.explore.contexts import load_contexts
+    from hsae.interop.judge import examples_of, sample_controls, sample_pairs
+    from hsae.rundir import load_run
+
+    _, model, _ = load_run(runs / "hsae")
+    ctx = load_contexts(runs / "hsae")
+    pairs = sample_pairs(model, ctx, 10, 0)
+    ctl = sample_controls(model, ctx, pairs, 0)
+    assert [l for l, _, _ in ctl] == [l for l, _, _ in pairs]
+    assert all(int(model.parent(l)[c]) != p and examples_of(ctx, l, c) and examples_of(ctx, l - 1, p) for l, c, p in ctl)
+    assert ctl == sample_controls(model, ctx, pairs, 0) and ctl != sample_controls(model, ctx, pairs, 1)
+
+
+@pytest.mark.parametrize("control_reply,diff", [("HaveRelationship: No\nConfidence: High", 1.0),
+                                                ("HaveRelationship: Yes\nConfidence: High", 0.0)])
+def test_judge_yes_rate_is_measured_against_random_pairs(runs, server, tmp_path, control_reply, diff):
+    """A judge that tells edges from random pairs scores a difference of 1; one that says Yes to all, 0."""
+    from hsae.cli import main
+    from hsae.explore.contexts import load_contexts
+    from hsae.interop.judge import judge_requests, sample_controls, sample_pairs
+    from hsae.rundir import load_run
+
+    _, model, _ = load_run(runs / "hsae")
+    ctx = load_contexts(runs / "hsae")
+    pairs = sample_pairs(model, ctx, 5, 0)
+    reqs = judge_requests(ctx, pairs + sample_controls(model, ctx, pairs, 0), 0)
+    for k, r in enumerate(reqs):
+        server.script[r[1]["content"]] = "HaveRelationship: Yes\nConfidence: High" if k < len(pairs) else control_reply
+    assert main(["judge", str(runs / "hsae"), "--pairs", "5", "--base-url", server.url, "--api-model", "m",
+                 "--no-cache", "--json", str(tmp_path / "j.json"), "--quiet"]) == 0
+    r = json.loads((tmp_path / "j.json").read_text())["runs"][str(runs / "hsae")]
+    assert r["yes_rate"] == 1.0 and r["control"]["pairs"] == len(pairs)
+    assert r["yes_rate_difference"] == pytest.approx(diff) and r["auc"] is None
+
+
+def test_local_judge_scores_by_the_probability_of_yes(runs, tmp_path):
+    from hsae.cli import main
+
+    assert main(["judge", str(runs / "hsae"), "--pairs", "4", "--local", "--local-model", str(runs / "model"),
+                 "--no-cache", "--json", str(tmp_path / "j.json"), "--quiet"]) == 0
+    r = json.loads((tmp_path / "j.json").read_text())["runs"][str(runs / "hsae")]
+    ps = [it["p_yes"] for it in r["items"] + r["control_items"]]
+    assert len(ps) == 8 and all(0 < p < 1 for p in ps)
+    assert all(it["parsed"][0] == ("Yes" if it["p_yes"] > 0.5 else "No") for it in r["items"])
+    assert 0 <= r["auc"] <= 1 and r["answered"] == 4

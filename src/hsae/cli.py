@@ -454,9 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--quiet", action="store_true", help="no progress bar")
     st.set_defaults(fn=cmd_steer)
 
-    j = sub.add_parser("judge", help="LLM judge of sampled parent-child pairs: Yes rate per run")
+    j = sub.add_parser("judge", help="LLM judge of sampled parent-child pairs against as many random pairs: Yes rates, their difference, AUC (--local)")
     j.add_argument("runs", nargs="+", help="run directories with contexts (`hsae contexts`), e.g. HSAE and post-hoc")
-    j.add_argument("--pairs", type=int, default=200, help="parent-child pairs sampled per run")
+    j.add_argument("--pairs", type=int, default=200, help="parent-child pairs sampled per run (and as many random control pairs)")
     j.add_argument("--seed", type=int, default=0, help="pair sampling seed")
     j.add_argument("--json", help="write the summary and every raw answer here")
     _llm_flags(j)

@@ -100,7 +100,7 @@ def run_judge(a) -> int:
     backend = backend_from(a, prefill="HaveRelationship:", max_tokens=16)
     results = {}
     for run, model, ctx in jobs:
-        with tqdm(total=a.pairs, desc=f"judge {Path(run).name}", unit="pair", disable=a.quiet) as bar:
+        with tqdm(total=2 * a.pairs, desc=f"judge {Path(run).name}", unit="pair", disable=a.quiet) as bar:
             results[str(run)] = judge_run(model, ctx, backend, a.pairs, a.seed, bar.update, a.window)
     names = [Path(r).name for r in results]  # the directory's name unless two runs share it
     print(format_report({(n if names.count(n) == 1 else r): v for n, (r, v) in zip(names, results.items())}))

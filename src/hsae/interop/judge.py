@@ -131,6 +131,31 @@ def sample_pairs(model: HSAE, ctx, n: int, seed: int = 0) -> list[tuple[int, int
     return [e[k] for k in rng.permutation(len(e))[:n].tolist()]
 
 
+def sample_controls(model: HSAE, ctx, pairs: list[tuple[int, int, int]], seed: int = 0) -> list[tuple[int, int, int]]:
+    """One random (feature, non-child) pair per sampled edge, from the same two levels: a child-level
+    and a parent-level feature with contexts, the second not the first's parent (seeded)."""
+    rng = np.random.default_rng(seed + 2)
+    with_ctx = {l: [i for i in range(n) if examples_of(ctx, l, i)] for l, n in enumerate(model.sizes)}
+    out = []
+    for l, _, _ in pairs:
+        if len(with_ctx[l - 1]) < 2:
+            continue
+        while True:
+            c, p = (int(rng.choice(with_ctx[k])) for k in (l, l - 1))
+            if int(model.parent(l)[c]) != p:
+                out.append((l, c, p))
+                break
+    return out
+
+
+def auc(pos: list[float], neg: list[float]) -> float | None:
+    """P(a positive scores above a negative), ties counted half (Mann-Whitney); None if a side is empty."""
+    if not pos or not neg:
+        return None
+    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
+    return float((p > n).mean() + 0.5 * (p == n).mean())
+
+
 def judge_requests(ctx, pairs: list[tuple[int, int, int]], seed: int = 0, window: int = 0) -> list[list[dict]]:
     """Chat messages per pair; which feature is shown as A is drawn per pair so order carries no signal."""
     rng = np.random.default_rng(seed + 1)
@@ -164,12 +189,30 @@ def summarise(answers: list[str | None]) -> dict:
 
 
 def judge_run(model: HSAE, ctx, backend, n_pairs: int = 200, seed: int = 0, progress=None, window: int = 0) -> dict:
-    """Sample pairs, ask the backend, and summarise (plus every pair's raw answer)."""
+    """Judge sampled edges and as many random control pairs; summarise both (plus every raw answer).
+
+    The edges' summary is the top level; `control` is the random pairs', `yes_rate_difference`
+    edges minus controls. A backend that scores (the local model: P(Yes) vs P(No) at the answer)
+    also gives each pair's p_yes and the AUC of edges against controls (0.5: no better than chance)."""
     pairs = sample_pairs(model, ctx, n_pairs, seed)
-    answers = backend.answer_all(judge_requests(ctx, pairs, seed, window), progress)
-    out = summarise(answers)
-    out["items"] = [{"child": f"{l}:{c}", "parent": f"{l - 1}:{p}", "answer": a, "parsed": parse_judgement(a)}
-                    for (l, c, p), a in zip(pairs, answers)]
+    controls = sample_controls(model, ctx, pairs, seed)
+    requests = judge_requests(ctx, pairs + controls, seed, window)
+    scores = backend.yes_probabilities(requests, progress) if hasattr(backend, "yes_probabilities") else None
+    answers = ([f"HaveRelationship: {'Yes' if s > 0.5 else 'No'}" for s in scores] if scores is not None
+               else backend.answer_all(requests, progress))
+    n = len(pairs)
+
+    def items(ps, ans, sc):
+        return [{"child": f"{l}:{c}", "parent": f"{l - 1}:{p}", "answer": a, "parsed": parse_judgement(a),
+                 **({"p_yes": s} if s is not None else {})} for (l, c, p), a, s in zip(ps, ans, sc)]
+
+    out = summarise(answers[:n])
+    out["control"] = summarise(answers[n:])
+    y, yc = out["yes_rate"], out["control"]["yes_rate"]
+    out["yes_rate_difference"] = y - yc if y is not None and yc is not None else None
+    sc = scores or [None] * len(answers)
+    out["auc"] = auc(scores[:n], scores[n:]) if scores is not None else None
+    out["items"], out["control_items"] = items(pairs, answers[:n], sc[:n]), items(controls, answers[n:], sc[n:])
     return out
 
 
@@ -204,16 +247,22 @@ def merge_explanations(path: Path, new: dict[str, str]) -> dict[str, str]:
 
 
 def format_report(results: dict[str, dict]) -> str:
-    """Table: per run, pairs, Yes rate overall and by confidence, malformed and failed answers."""
-    head = f"{'run':<28} {'pairs':>5} {'yes rate':>8} {'High':>12} {'Medium':>12} {'Low':>12} {'malformed':>9} {'failed':>6}"
+    """Table: per run, pairs, Yes rate on edges overall and by confidence, on random control pairs,
+    their difference, the AUC of edges against controls (scoring backends), malformed and failed answers."""
+    head = (f"{'run':<28} {'pairs':>5} {'yes rate':>8} {'control':>7} {'diff':>6} {'AUC':>5} {'High':>12} "
+            f"{'Medium':>12} {'Low':>12} {'malformed':>9} {'failed':>6}")
     lines = [head, "-" * len(head)]
 
     def cell(b):
         return f"{b['yes_rate']:.2f} ({b['n']})" if b["yes_rate"] is not None else f"- ({b['n']})"
 
     for name, r in results.items():
-        yr = f"{r['yes_rate']:.3f}" if r["yes_rate"] is not None else "-"
-        bc = r["by_confidence"]
-        lines.append(f"{name:<28} {r['pairs']:>5} {yr:>8} {cell(bc['High']):>12} {cell(bc['Medium']):>12} "
+        def num(v, f=".3f"):
+            return format(v, f) if v is not None else "-"
+
+        bc, ctl = r["by_confidence"], r.get("control", {}).get("yes_rate")
+        lines.append(f"{name:<28} {r['pairs']:>5} {num(r['yes_rate']):>8} {num(ctl):>7} "
+                     f"{num(r.get('yes_rate_difference'), '+.3f'):>6} {num(r.get('auc'), '.2f'):>5} "
+                     f"{cell(bc['High']):>12} {cell(bc['Medium']):>12} "
                      f"{cell(bc['Low']):>12} {r['malformed']:>9} {r['failed']:>6}")
     return "\n".join(lines)

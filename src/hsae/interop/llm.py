@@ -186,19 +186,44 @@ class LocalChat(Backend):
     def _key(self, messages: Messages) -> str:
         return ResponseCache.key(self.name, self.model_id, messages, self.max_tokens, self.prefill)
 
+    def _ids(self, messages: Messages):
+        """The prompt's token ids [1, T]: chat template (or plain text), then the prefill."""
+        import torch
+
+        if getattr(self.tok, "chat_template", None):
+            ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)["input_ids"]
+        else:  # a base model without a chat template: the messages as plain text
+            ids = self.tok("\n\n".join(m["content"] for m in messages) + "\n", return_tensors="pt")["input_ids"]
+        if self.prefill:
+            pre = self.tok(self.prefill, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            ids = torch.cat([ids, pre], 1)
+        return ids
+
+    def yes_probabilities(self, requests: list[Messages], progress: Callable[[], None] | None = None) -> list[float]:
+        """Per request, P(Yes) / (P(Yes) + P(No)) of the next token after the prompt and prefill
+        (the words with and without a leading space, summed): a score, where a sampled word is a coin."""
+        import torch
+
+        words = {w: sorted({self.tok(v, add_special_tokens=False)["input_ids"][0] for v in (w, " " + w)})
+                 for w in ("Yes", "No")}
+        out = []
+        with torch.inference_mode():
+            for m in requests:
+                self._count("requests")
+                logp = torch.log_softmax(self.lm(input_ids=self._ids(m)).logits[0, -1].float(), -1)
+                y, n = (torch.logsumexp(logp[words[w]], 0) for w in ("Yes", "No"))
+                out.append(float(torch.sigmoid(y - n)))
+                if progress:
+                    progress()
+        return out
+
     def _ask(self, messages: Messages) -> str | None:
         import torch
 
         self._count("requests")
         with torch.inference_mode():
-            if getattr(self.tok, "chat_template", None):
-                ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                   return_dict=True)["input_ids"]
-            else:  # a base model without a chat template: the messages as plain text
-                ids = self.tok("\n\n".join(m["content"] for m in messages) + "\n", return_tensors="pt")["input_ids"]
-            if self.prefill:
-                pre = self.tok(self.prefill, add_special_tokens=False, return_tensors="pt")["input_ids"]
-                ids = torch.cat([ids, pre], 1)
+            ids = self._ids(messages)
             pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
             out = self.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                    max_new_tokens=self.max_tokens, pad_token_id=pad)
