@@ -188,7 +188,7 @@ def cmd_eval(a) -> int:
     from .eval import evaluate_run
     from .eval.report import comparison_table
 
-    ev = evaluate_run(a.run, a.acts, splice=a.splice, absorption=a.absorption, wordnet=a.wordnet,
+    ev = evaluate_run(a.run, a.acts, splice=a.splice, absorption=a.absorption, wordnet=a.wordnet, probe=a.probe,
                       splice_contexts=a.splice_contexts,
                       progress=not a.quiet, chance_draws=a.chance_draws, chance_seed=a.chance_seed)
     if a.json:
@@ -207,7 +207,8 @@ def cmd_ablate(a) -> int:
     if a.seeds is not None and (not a.seeds or any(not 0 <= s < 2**31 for s in a.seeds)):
         raise UserError("--seeds must be comma-separated integers in [0, 2^31)")
     evals = run_ablation(_train_config(a), a.acts, a.out, a.variants, seeds=a.seeds, progress=not a.quiet,
-                         splice=a.splice, absorption=a.absorption, wordnet=a.wordnet, splice_contexts=a.splice_contexts,
+                         splice=a.splice, absorption=a.absorption, wordnet=a.wordnet, probe=a.probe,
+                         splice_contexts=a.splice_contexts,
                          chance_draws=a.chance_draws, chance_seed=a.chance_seed)
     table = ablation_table(evals)
     _write(Path(a.out) / "ablation.md", table + "\n")
@@ -314,6 +315,8 @@ def _eval_flags(p) -> None:
     p.add_argument("--absorption", action="store_true", help="also measure first-letter feature absorption (SAEBench)")
     p.add_argument("--wordnet", action="store_true",
                    help="also score edges against WordNet's noun taxonomy, beside chance (eval/wordnet.py)")
+    p.add_argument("--probe", action="store_true",
+                   help="also score edges by linear probes of the children (Tree SAE's measure), beside chance (eval/probe.py)")
     p.add_argument("--chance-draws", type=_count, default=5, help="random forests with the same family sizes for the chance level (0: none)")
     p.add_argument("--chance-seed", type=int, default=0, help="seed of the chance-level forests")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

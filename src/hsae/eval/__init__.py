@@ -15,7 +15,7 @@ __all__ = ["evaluate", "tree_recovery", "evaluate_run"]
 
 
 def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: int = 4096, splice: bool = False,
-                 absorption: bool = False, splice_contexts: int = 16, progress: bool = False, wordnet: bool = False,
+                 absorption: bool = False, splice_contexts: int = 16, progress: bool = False, wordnet: bool = False, probe: bool = False,
                  chance_draws: int = 5, chance_seed: int = 0) -> dict:
     """Metrics of a finished run on the held-out rows of its store (plus tree recovery if known).
 
@@ -23,7 +23,8 @@ def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: in
     (eval/chance.py; 0: none); "config" holds the run's TrainConfig, to group runs by seed.
     splice: add the model's CE loss recovered and KL per level (eval/splice.py);
     absorption: add SAEBench first-letter absorption per level (eval/absorption.py);
-    wordnet: add the WordNet taxonomy check of the edges, with its chance level (eval/wordnet.py)."""
+    wordnet: add the WordNet taxonomy check of the edges, with its chance level (eval/wordnet.py);
+    probe: add the probe-based edge rate (Tree SAE), with its chance level (eval/probe.py)."""
     cfg, model, scale = load_run(run)
     acts = acts or cfg.acts
     store = Store(acts)
@@ -60,4 +61,8 @@ def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: in
         from .wordnet import wordnet_store
 
         out["wordnet"] = wordnet_store(store, model, max(chance_draws, 1), chance_seed)
+    if probe:
+        from .probe import probe_store
+
+        out["probe"] = probe_store(store, rows, model, max(chance_draws, 1), chance_seed)
     return out

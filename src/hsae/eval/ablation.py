@@ -49,9 +49,9 @@ def _eval_kw(have: dict | None, eval_kw: dict) -> dict | None:
     (an eval.json from before chance levels); what the old one had is computed again."""
     want_chance = eval_kw.get("chance_draws", 1) > 0
     if have is not None and ("chance" in have["hierarchy"] or not want_chance) and \
-            not any(eval_kw.get(k) and k not in have for k in ("splice", "absorption", "wordnet")):
+            not any(eval_kw.get(k) and k not in have for k in ("splice", "absorption", "wordnet", "probe")):
         return None
-    return {**eval_kw, **{k: True for k in ("splice", "absorption", "wordnet") if have and k in have}}
+    return {**eval_kw, **{k: True for k in ("splice", "absorption", "wordnet", "probe") if have and k in have}}
 
 
 def run_ablation(base: TrainConfig, acts: str | Path, out: str | Path, variants: list[str] | None = None,

@@ -218,6 +218,17 @@ def _level_tables(evals: dict[str, dict]) -> list[str]:
                        f"({w['chance_consistent_fraction']:.3f}) | {w['equal_fraction']:.3f} "
                        f"({w['chance_equal_fraction']:.3f}) | |")
         out.append("")
+    pr = {n: ev for n, ev in evals.items() if "probe" in ev}
+    if pr:
+        out += ["Probe-based edges (eval/probe.py, Tree SAE): the child's probe has both decoder rows in its "
+                "top 5; chance = the same families under random parents.", "",
+                "| model | child level | edges | hierarchical (chance) |", "|---|---|---|---|"]
+        for n, ev in pr.items():
+            p = ev["probe"]
+            out += [f"| {n} | {i} | {lv['edges']} | {lv['hierarchical_fraction']:.3f} ({lv['chance_hierarchical_fraction']:.3f}) |"
+                    for i, lv in enumerate(p["levels"], start=1)]
+            out.append(f"| {n} | all | {p['edges']} | {p['hierarchical_fraction']:.3f} ({p['chance_hierarchical_fraction']:.3f}) |")
+        out.append("")
     return out
 
 
