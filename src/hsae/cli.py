@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", help="config.json to start from (flags override its fields)")
     b.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v],
                    default="hsae,no-constraint,no-perturbation,fixed-tree,full-tree,binary-tree,post-hoc",
-                   help="comma-separated subset of the variants (default: all seven)")
+                   help="comma-separated variants (default: the paper's seven; also matryoshka: SAELens's Matryoshka BatchTopK SAE, its prefixes as levels)")
     for flag, (name, typ, hlp) in TRAIN_FLAGS.items():
         b.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
     b.add_argument("--seeds", type=_ints, help="train every variant with each of these seeds (runs NAME, NAME-sS); default: --seed")

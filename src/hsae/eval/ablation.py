@@ -26,7 +26,10 @@ VARIANTS: dict[str, dict] = {
     "full-tree": {"tree": "full"},
     "binary-tree": {"tree": "binary"},
     "post-hoc": {"baseline": True},
+    # not the paper's: SAELens's Matryoshka BatchTopK SAE, its prefixes as levels (interop/matryoshka.py)
+    "matryoshka": {},
 }
+PAPER_VARIANTS = [v for v in VARIANTS if v != "matryoshka"]
 # The paper's ablation reports Hamming only (gemma-2-2b layer 13, 4 levels, L0 ~ 50).
 PAPER_HAMMING = {"hsae": 21.3, "no-constraint": 29.7, "no-perturbation": 22.2, "fixed-tree": 24.2,
                  "full-tree": 24.0, "binary-tree": 22.8, "post-hoc": 36.1}
@@ -60,18 +63,21 @@ def run_ablation(base: TrainConfig, acts: str | Path, out: str | Path, variants:
 
     Returns {run name: eval dict}, variant by variant, seeds in the given order; eval_kw go to
     evaluate_run (e.g. splice=True)."""
+    from ..interop.matryoshka import train_matryoshka
     from ..train import train
     from . import evaluate_run
 
     out = Path(out)
     evals = {}
-    for name in variants or list(VARIANTS):
+    for name in variants or PAPER_VARIANTS:
         for seed in seeds if seeds is not None else [base.seed]:
             rname = run_name(name, seed, base.seed)
             run, ev_path = out / rname, out / rname / "eval.json"
             kw = _eval_kw(read_eval(ev_path) if ev_path.is_file() else None, eval_kw)
             if kw is not None:
-                rc = train(dataclasses.replace(variant_config(base, name), seed=seed), acts, run, progress=progress)
+                cfg = dataclasses.replace(variant_config(base, name), seed=seed)
+                fit = train_matryoshka if name == "matryoshka" else train
+                rc = fit(cfg, acts, run, progress=progress)
                 if rc:  # stopped by a signal: the checkpoint is saved, a rerun resumes here
                     raise SystemExit(rc)
                 atomic_write(ev_path, (json.dumps(evaluate_run(run, **kw), indent=2) + "\n").encode())

@@ -1,0 +1,138 @@
+"""The Matryoshka SAE baseline: SAELens's MatryoshkaBatchTopKTrainingSAE on our store, as an hsae run.
+
+What a user would train instead of an HSAE (Bussmann et al. 2025; Nabeshima 2024): one
+dictionary of n_{L-1} latents whose nested prefixes of widths n_0 < n_1 < ... each reconstruct
+the input. SAELens is used as a library: its SAETrainer trains the SAE (its loss, BatchTopK,
+threshold, dead-latent auxiliary loss, Adam, SAELens's default learning rate 3e-4 with no
+schedule); the one adapter is the data provider, which feeds SAETrainer our store's shuffled,
+normalised ordinary training rows (`BatchStream`, the batches an HSAE run draws), for the same
+steps x batch size as the HSAE's config.
+
+Conversion rule (used everywhere): level l of the hsae run is the prefix of the first n_l
+latents. SAELens saves the trained SAE as a JumpReLU SAE (threshold = the learnt BatchTopK
+threshold); its prefixes become our levels through the SAELens importer's own conversion
+(interop/saelens.py: decoder rows made unit-norm, the norm folded into encoder and threshold),
+so level l reconstructs exactly what SAELens's prefix of width n_l reconstructs. BatchTopK has
+one k for the whole dictionary: it is the last level's target L0, and the prefixes get the L0
+they get (measured, recorded as the run's l0). The forest is then assigned once, with the
+post-hoc rule (the config's similarity and tree), as for the post-hoc baseline.
+
+A Matryoshka run is not resumable: a killed one trains again from the start. RUN/saelens/ keeps
+the SAE as SAELens saved it (`SAE.load_from_disk` reads it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig, UserError
+from ..data.store import Store
+from ..files import atomic_write, output_lock
+from ..model import HSAE, update_forest
+from ..rundir import CONFIG, MODEL, save_model
+from .saelens import mean_l0, read_saelens, to_normalised
+
+SAELENS_LR = 3e-4  # SAETrainerConfig's default
+INFO = "matryoshka.json"
+SAELENS_DIR = "saelens"  # RUN/saelens/: the trained SAE in SAELens's own inference format
+
+
+def matryoshka_config(base: TrainConfig) -> TrainConfig:
+    """The run config a Matryoshka run records (no constraint, no swap, forest assigned once)."""
+    import dataclasses
+
+    return dataclasses.replace(base, baseline=True, rho=0.0, swap=0.0, lr=SAELENS_LR)
+
+
+def train_sae(store: Store, cfg: TrainConfig, progress: bool = True):
+    """SAELens's Matryoshka BatchTopK SAE trained on the store's training rows (see the module docstring)."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import (MatryoshkaBatchTopKTrainingSAE,
+                                                        MatryoshkaBatchTopKTrainingSAEConfig)
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from ..train.trainer import store_stream
+
+    torch.manual_seed(cfg.seed)
+    sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=store.d, d_sae=cfg.levels[-1], matryoshka_widths=list(cfg.levels), k=cfg.l0_targets[-1],
+        dtype="float32", device="cpu"))
+    stream = store_stream(store, cfg)
+    trainer = SAETrainer(SAETrainerConfig(total_training_samples=cfg.steps * cfg.batch_size,
+                                          train_batch_size_samples=cfg.batch_size, lr=SAELENS_LR,
+                                          lr_end=SAELENS_LR / 10,  # what its runner sets; unused (no schedule)
+                                          logger=LoggingConfig(log_to_wandb=False)),
+                         sae, (stream.batch(s) for s in range(cfg.steps)))
+    with _bar(progress):
+        return trainer.fit()
+
+
+@contextlib.contextmanager
+def _bar(progress: bool):
+    """SAETrainer draws its own progress bar: switched off for --quiet, for this call only."""
+    import sae_lens.training.sae_trainer as st
+
+    old = st.tqdm
+    if not progress:
+        st.tqdm = functools.partial(old, disable=True)
+    try:
+        yield
+    finally:
+        st.tqdm = old
+
+
+def to_levels(sae_dir: Path, sizes: list[int]) -> HSAE:
+    """The HSAE whose level l is the prefix of the first sizes[l] latents of a saved SAELens JumpReLU SAE."""
+    cfg, w = read_saelens(sae_dir)
+    d = w["W_dec"].shape[1]
+    model = HSAE(d, sizes)
+    with torch.no_grad():
+        for lv, n in zip(model.levels, sizes):
+            part = {"W_enc": w["W_enc"][:, :n], "b_enc": w["b_enc"][:n], "W_dec": w["W_dec"][:n],
+                    "b_dec": w["b_dec"], "threshold": w["threshold"][:n]}
+            t = to_normalised(cfg, part, 1.0)  # SAELens trained on our normalised rows: no scale to fold
+            for k in ("W_enc", "b_enc", "W_dec", "b_dec"):
+                getattr(lv, k).copy_(t[k])
+            lv.log_threshold.copy_(t["threshold"].log())
+    return model
+
+
+def train_matryoshka(base: TrainConfig, acts: str | Path, out: str | Path, progress: bool = True) -> int:
+    """Train, convert and save a Matryoshka run in `out` (a finished one is left as it is)."""
+    out = Path(out)
+    cfg = matryoshka_config(base).validate()
+    store = Store(acts)
+    cfg.d, cfg.acts = store.d, str(acts)
+    with output_lock(out, "train"):
+        if (out / MODEL).is_file():
+            return 0
+        if store.meta.get("heldout"):
+            raise UserError(f"{acts} is a streaming run's held-out store: it is never trained on")
+        t0 = time.perf_counter()
+        sae = train_sae(store, cfg, progress)
+        seconds = time.perf_counter() - t0
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            sae.save_inference_model(tmp)  # SAELens's own BatchTopK -> JumpReLU conversion
+            model = to_levels(Path(tmp), cfg.levels)
+            shutil.rmtree(out / SAELENS_DIR, ignore_errors=True)
+            os.replace(tmp, out / SAELENS_DIR)  # the SAE as SAELens saved it, loadable by SAELens
+        update_forest(model, cfg.similarity, "partial" if cfg.tree == "fixed" else cfg.tree, cfg.orphan_quantile)
+        cfg.l0 = [round(v, 3) for v in mean_l0(model, store, store.split(cfg.holdout)[0])]
+        import sae_lens
+
+        atomic_write(out / INFO, json.dumps({"sae_lens": sae_lens.__version__, "k": base.l0_targets[-1],
+                                             "widths": cfg.levels, "lr": SAELENS_LR, "train_seconds": seconds},
+                                            indent=2).encode())
+        atomic_write(out / CONFIG, cfg.to_json().encode())
+        save_model(model, out / MODEL, store.scale)
+    return 0
