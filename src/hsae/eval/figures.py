@@ -152,3 +152,27 @@ def absorption_plot(evals: dict[str, dict], path: Path) -> Path | None:
         return None
     return _per_level(have, [("absorption_rate", "full-absorption rate"),
                              ("mean_absorption_fraction", "mean absorption fraction")], path)
+
+
+def semantic_plot(evals: dict[str, dict], path: Path) -> Path | None:
+    """WordNet-consistent and probe-hierarchical fractions per child level, each beside its chance
+    level (dashed, same colour), one line per run."""
+    checks = [(k, label) for k, label in (("wordnet", "WordNet-consistent edges"), ("probe", "probe-hierarchical edges"))
+              if any(k in ev for ev in evals.values())]
+    if not checks:
+        return None
+    keys = {"wordnet": "consistent_fraction", "probe": "hierarchical_fraction"}
+    fig, axes = plt.subplots(1, len(checks), figsize=(5 * len(checks) + 0.5, 4), squeeze=False)
+    for ax, (k, label) in zip(axes[0], checks):
+        for name, ev in evals.items():
+            if k not in ev:
+                continue
+            lv = ev[k]["levels"][1:] if k == "wordnet" else ev[k]["levels"]
+            xs = list(range(1, len(lv) + 1))
+            line, = ax.plot(xs, [v[keys[k]] for v in lv], marker="o", label=name)
+            ax.plot(xs, [v["chance_" + keys[k]] for v in lv], ls="--", color=line.get_color(), alpha=0.7)
+        ax.set_xlabel("child level")
+        ax.set_ylabel(f"{label} (dashed: chance)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -258,6 +258,7 @@ def write_report(runs: list[str | Path], out: str | Path) -> Path:
         ("Children per parent", figures.children_plot(evals, out / "children.png")),
         ("P(p|c) and P(c|p) over pairs", figures.pairs_plot(evals, out / "pairs.png")),
         ("Absorption per level", figures.absorption_plot(evals, out / "absorption.png")),
+        ("Meaning: WordNet and probe-based edges", figures.semantic_plot(evals, out / "semantic.png")),
     ]
     lines = ["# hsae report", "", "Runs: " + ", ".join(f"`{r}`" for r in runs) + ". Held-out rows of each run's store; "
              "definitions in `hsae/eval/metrics.py`, `splice.py`, `absorption.py`.", "",
