@@ -80,3 +80,16 @@ def test_a_feature_firing_at_random_gets_no_label(tax, nouns):
     # a random 5% of rows: the best synset is a broad one at low F1, under MIN_F1 or at the root's level
     assert out["labelled_edges"] <= 8
     assert all(lab is None or tax.depth(lab[0]) <= 3 for level in out["labels"] for lab in level)
+
+
+def test_the_check_is_in_the_tables_and_the_report_plot(tax, nouns, tmp_path):
+    from hsae.eval import figures
+    from hsae.eval.report import _level_tables
+
+    fires, parents, rows, _, _ = _planted(tax, nouns)
+    wn = wordnet_eval(fires, parents, rows, tax, chance_draws=3)
+    ev = {"levels": [{"n_features": f.shape[1]} for f in fires], "wordnet": wn}
+    text = "\n".join(_level_tables({"planted": ev}))
+    assert "WordNet taxonomy" in text and f"{wn['consistent_fraction']:.3f}" in text
+    png = figures.semantic_plot({"planted": ev}, tmp_path / "s.png")
+    assert png.stat().st_size > 5000
