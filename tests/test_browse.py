@@ -124,3 +124,25 @@ def _wait_rows(d, ok=bool, timeout=5.0):
         if ok(rows) or time.time() > end:
             return rows
         time.sleep(0.05)
+
+
+def test_page_shows_the_wordnet_check_of_the_runs_eval(page, tmp_path):
+    """With `hsae eval --wordnet` in RUN/eval.json, each labelled feature carries its synset and each
+    edge its status; without it, nothing."""
+    from hsae.explore.browse import page_data
+    from hsae.rundir import load_run
+
+    run, _ = page
+    _, model, _ = load_run(run)
+    sizes = model.sizes
+    labels = [[[100 + i, f"syn{l}_{i}"] if i % 2 == 0 else None for i in range(n)] for l, n in enumerate(sizes)]
+    status = [["consistent" if int(model.parent(l)[i]) >= 0 and i % 2 == 0 else None for i in range(n)]
+              for l, n in enumerate(sizes) if l]
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert page_data(copy, progress=False)["levels"][1]["wn"] == {}
+    ev = {"levels": [{"n_features": n} for n in sizes], "wordnet": {"labels": labels, "edge_status": status}}
+    (copy / "eval.json").write_text(json.dumps(ev))
+    d = page_data(copy, progress=False)
+    assert d["levels"][0]["wn"] == {i: f"syn0_{i}" for i in range(0, sizes[0], 2)}
+    assert d["levels"][1]["wns"] == {i: s for i, s in enumerate(status[0]) if s}

@@ -147,6 +147,16 @@ def edge_scores(parent: torch.Tensor, child_labels: list[int], parent_labels: li
     return {"labelled_edges": labelled, "consistent": consistent, "equal": equal}
 
 
+def edge_status(parent: torch.Tensor, child_labels: list[int], parent_labels: list[int], tax: Taxonomy) -> list:
+    """Per child: "consistent", "equal", "inconsistent", or None (no parent, or an end unlabelled)."""
+    out = []
+    for c, p in enumerate(parent.tolist()):
+        sc, sp = child_labels[c], parent_labels[p] if p >= 0 else -1
+        out.append(None if p < 0 or sc < 0 or sp < 0 else "equal" if sc == sp
+                   else "consistent" if sp in tax.ancestors(sc) else "inconsistent")
+    return out
+
+
 def _fractions(counts: list[dict]) -> dict:
     n = sum(c["labelled_edges"] for c in counts)
     return {"labelled_edges": n, "consistent_fraction": sum(c["consistent"] for c in counts) / n if n else float("nan"),
@@ -181,7 +191,8 @@ def wordnet_eval(fires: list[torch.Tensor], parents: list[torch.Tensor], row_syn
             "chance_consistent_fraction": float(np.mean(chance)) if chance else float("nan"),
             "chance_consistent_fraction_std": float(np.std(chance, ddof=1)) if len(chance) > 1 else 0.0,
             "chance_equal_fraction": float(np.mean(chance_eq)) if chance_eq else float("nan"),
-            "labels": [[[s, tax.name(s)] if s >= 0 else None for s in lab] for lab, _ in labels]}
+            "labels": [[[s, tax.name(s)] if s >= 0 else None for s in lab] for lab, _ in labels],
+            "edge_status": [edge_status(p, labels[l + 1][0], labels[l][0], tax) for l, p in enumerate(parents)]}
 
 
 @torch.inference_mode()

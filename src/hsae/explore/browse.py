@@ -48,6 +48,19 @@ def roots_of(parents: list[np.ndarray], sizes: list[int]) -> list[np.ndarray]:
     return out
 
 
+def _wordnet(run: Path, sizes: list[int]) -> dict | None:
+    """The WordNet check of RUN/eval.json (`hsae eval --wordnet`), if it has one for these levels."""
+    from ..eval.report import read_eval
+
+    p = run / "eval.json"
+    if not p.is_file():
+        return None
+    wn = read_eval(p).get("wordnet")
+    if not isinstance(wn, dict) or [len(x) for x in wn.get("labels", [])] != sizes or "edge_status" not in wn:
+        return None
+    return wn
+
+
 def page_data(run: str | Path, maps: str = "auto", seed: int = 0, progress: bool = True) -> dict:
     """The JSON object the page reads (see module docstring)."""
     run = Path(run)
@@ -67,6 +80,7 @@ def page_data(run: str | Path, maps: str = "auto", seed: int = 0, progress: bool
     parents = [np.full(c.sizes[0], -1)] + [model.parent(l).numpy() for l in range(1, L)]
     roots = roots_of(parents, c.sizes)
     expl = read_explanations(run / EXPLANATIONS)
+    wn = _wordnet(run, c.sizes)
     levels = []
     for l, lv in enumerate(tqdm(model.levels, desc="browse (levels; UMAP maps)", unit="level", disable=not progress)):
         n = c.sizes[l]
@@ -87,7 +101,10 @@ def page_data(run: str | Path, maps: str = "auto", seed: int = 0, progress: bool
              "thr": _round(c.array(l, "threshold"), 3), "hist": hist.tolist(),
              "promoted": lut[c.array(l, "promoted")].tolist(),
              "root": roots[l].tolist(), "ex": ex, "map": _round(map2(W, maps, seed).ravel(), 3),
-             "expl": {int(k.split(":")[1]): v for k, v in expl.items() if k.split(":")[0] == str(l)}}
+             "expl": {int(k.split(":")[1]): v for k, v in expl.items() if k.split(":")[0] == str(l)},
+             # WordNet synset per labelled feature and the status of its edge to its parent (eval/wordnet.py)
+             "wn": {i: lab[1] for i, lab in enumerate(wn["labels"][l]) if lab} if wn else {},
+             "wns": {i: s for i, s in enumerate(wn["edge_status"][l - 1]) if s} if wn and l else {}}
         if l:
             p = parents[l]
             has = p >= 0

@@ -81,8 +81,10 @@ function ctxLine(l, i, e) {
   return d;
 }
 function edgeText(l, i) {
-  const E = D.levels[l];
-  return `P(p|c) ${fx(E.pc[i])} · P(c|p) ${fx(E.cp[i])} · cos ${fx(E.cos[i])} · co ${E.both[i]}`;
+  const E = D.levels[l], st = E.wns && E.wns[i];
+  // with `hsae eval --wordnet`: the two synsets and whether the child's lies under the parent's
+  const wn = st ? ` · WordNet ${E.wn[i]} ${st === "consistent" ? "⊂" : st === "equal" ? "=" : "⊄"} ${D.levels[l - 1].wn[E.parent[i]]} (${st})` : "";
+  return `P(p|c) ${fx(E.pc[i])} · P(c|p) ${fx(E.cp[i])} · cos ${fx(E.cos[i])} · co ${E.both[i]}` + wn;
 }
 
 // ---------- forest (left) ----------
@@ -165,6 +167,7 @@ function select(l, i) {
   det.replaceChildren();
   det.append(el("h2", {}, `Feature ${fname(l, i)} `, el("span", {class: "freq"}, `level ${l} of ${L}`)));
   if (E.expl[i]) det.append(el("div", {class: "expl"}, E.expl[i]));
+  if (E.wn && E.wn[i]) det.append(el("div", {}, `WordNet synset: ${E.wn[i]}`));
   det.append(el("div", {}, `frequency ${pct(E.freq[i])} · mean activation ${fx(E.mean[i])} · max kept ${fx(E.max[i])} · threshold ${fx(E.thr[i])}`));
   if (l > 0 && E.parent[i] >= 0) det.append(el("div", {}, "parent ", flink(l - 1, E.parent[i]), " ", el("span", {class: "edge"}, edgeText(l, i))));
   else det.append(el("div", {}, "root of its own tree"));
