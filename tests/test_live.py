@@ -184,3 +184,23 @@ def test_bad_streaming_command_lines_are_one_line_errors(tiny, reference, tmp_pa
     # another source in the same run directory
     assert main(_train_cmd(tiny, reference, 5000)[3:]) == 2
     assert "another source" in capsys.readouterr().err
+
+
+def test_closing_does_not_wait_for_the_window_being_computed():
+    """A run that ends (or is stopped) while the next window's forward passes run returns at once."""
+    live, _ = _fake_stream(n_contexts=400, buffer_rows=150 * PER)
+    rows_of = live.rows_of
+
+    def slow(cs):
+        time.sleep(0.3)
+        return rows_of(cs)
+
+    live.rows_of = slow
+    live.read_ahead()
+    first = live.batch(0)  # window 0 now, window 1 (150 contexts: 3 pieces of 64) in the background
+    time.sleep(0.1)
+    t0 = time.perf_counter()
+    live.close()
+    assert time.perf_counter() - t0 < 0.5  # the piece under way, not the window's 3 pieces (0.9 s)
+    again, _ = _fake_stream(n_contexts=400, buffer_rows=150 * PER)
+    assert torch.equal(live.batch(0), again.batch(0)) and torch.equal(first, again.batch(0))

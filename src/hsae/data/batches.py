@@ -209,5 +209,8 @@ class Prefetcher:
 
     def close(self) -> None:
         """Stop the threads (the queued batches are dropped)."""
+        stop_soon = getattr(self.stream, "stop_soon", None)  # a live stream: do not finish a window first
+        if stop_soon is not None:
+            stop_soon()
         self._stop_thread()
         self.stream.close()

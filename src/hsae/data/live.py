@@ -30,6 +30,11 @@ import torch
 from .batches import _rng
 
 BUFFER_ROWS = 65536  # rows per chunk: the buffer holds about twice this many
+PIECE = 64  # contexts per call of rows_of: a closing stream stops between two of them
+
+
+class _Closed(Exception):
+    """Raised in a window's computation when the stream is closed meanwhile."""
 
 
 @dataclass
@@ -112,6 +117,7 @@ class LiveStream:
         self._pool: ThreadPoolExecutor | None = None
         self._pos: dict[int, tuple[int, int]] = {0: (0, 0)}
         self._lock = threading.Lock()
+        self._closing = threading.Event()
 
     # ---- chunks and windows ---------------------------------------------------------------
     def _chunk_contexts(self, g: int) -> list:
@@ -134,12 +140,21 @@ class LiveStream:
         """Chunk g's ordinary rows, permuted, as (first half, second half)."""
         if g not in self._halves:
             contexts = self._chunk_contexts(g)
-            x = self.keep(*self.rows_of(contexts)) if contexts else np.zeros((0, self.d), self.keep.dtype)
+            x = self._rows(contexts)
             x = torch.from_numpy(x)[torch.from_numpy(_rng(self.seed, 1, g).permutation(len(x)))]
             h = len(x) // 2
             self._halves = {k: v for k, v in self._halves.items() if k >= g - 1}  # g-1's second half is in use
             self._halves[g] = (x[:h], x[h:])
         return self._halves[g]
+
+    def _rows(self, contexts: list) -> np.ndarray:
+        """The ordinary rows of the contexts, PIECE contexts per forward call (so closing is quick)."""
+        out = [np.zeros((0, self.d), self.keep.dtype)]
+        for k in range(0, len(contexts), PIECE):
+            if self._closing.is_set():
+                raise _Closed()
+            out.append(self.keep(*self.rows_of(contexts[k:k + PIECE])))
+        return np.concatenate(out)
 
     def _load(self, g: int) -> torch.Tensor:
         """Window g: chunk g-1's second half and chunk g's first half, permuted."""
@@ -171,11 +186,19 @@ class LiveStream:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="hsae-live")
 
+    def stop_soon(self) -> None:
+        """Make a window being computed give up at its next piece (a run ending or stopped does
+        not wait for a chunk's forward passes); close() then returns at once."""
+        self._closing.set()
+
     def close(self) -> None:
         """Stop the background thread (batch() keeps working, serially)."""
+        self._closing.set()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._ahead = None
+        self._ctx_iter = None  # a piece may have been cut short: restart the corpus iterator when needed
+        self._closing.clear()
 
     def seek(self, step: int, window: int, offset: int) -> None:
         """Continue at `step`, whose batch starts at row `offset` of window `window`."""
