@@ -34,7 +34,7 @@ def test_planted_edges_are_hierarchical_and_a_shuffled_forest_is_at_chance():
     m, x, parent = _planted()
     real = probe_eval(m, x, chance_draws=10, seed=0)
     assert real["edges"] == N_P * PER
-    assert real["hierarchical_fraction"] > 0.8 and real["chance_hierarchical_fraction"] < 0.3
+    assert real["hierarchical_fraction"] > 0.8 and real["chance_hierarchical_fraction"] < real["hierarchical_fraction"] - 0.5
     m.set_parent(1, parent[torch.randperm(len(parent), generator=torch.Generator().manual_seed(3))])
     shuffled = probe_eval(m, x, chance_draws=10, seed=0)
     assert shuffled["hierarchical_fraction"] < real["hierarchical_fraction"] - 0.4

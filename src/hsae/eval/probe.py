@@ -1,10 +1,13 @@
 """Probe-based edges: the hierarchy measure of Tree SAE (Cao et al. 2026), as hsae computes it.
 
 Definition (`hsae eval --probe`):
-- On the held-out rows (at most MAX_ROWS), every child-level feature gets a linear probe: a
-  logistic regression from the normalised input x to "the feature fires" (activation > 0),
-  classes weighted to balance, STEPS full-batch Adam steps from zero, all of a level's
-  probes fitted together (they are independent).
+- On the held-out rows (at most MAX_ROWS), every child-level feature gets a linear probe for
+  "the feature fires" (activation > 0) from the normalised input x: Fisher's linear
+  discriminant w = (S + r I)^-1 (mean of x where it fires - mean where it does not), S the
+  inputs' covariance (shared by every probe: the positives of one feature are a small part of
+  the rows), r = RIDGE x trace(S) / d. Closed form, balanced between the classes by
+  construction, and one product for a whole level (a logistic regression per feature costs
+  hundreds of such products).
 - An edge parent -> child is *hierarchical* when, among the decoder rows of the parent's level
   and the child's level together, the TOP_K rows most similar (cosine) to the child's probe
   include both the child's row and the parent's row: the direction that predicts the child
@@ -21,24 +24,22 @@ import torch
 
 from .chance import chance_placements, forest_parents
 
-MAX_ROWS, STEPS, LR, TOP_K, MIN_FIRES = 20000, 200, 0.05, 5, 5
+MAX_ROWS, RIDGE, TOP_K, MIN_FIRES = 20000, 1e-3, 5, 5  # RIDGE: of the mean variance, so S is invertible
 
 
-def fit_probes(x: torch.Tensor, fires: torch.Tensor, steps: int = STEPS) -> torch.Tensor:
-    """Logistic-regression weights [d, n] (no bias returned) of each column of fires [R, n] on x [R, d]."""
-    R, n = fires.shape
-    y = fires.float()
-    pos = y.sum(0).clamp_min(1)
-    pos_weight = ((R - pos) / pos).clamp(max=1e3)  # balanced classes: a rare feature is not "never"
-    W = torch.zeros(x.shape[1], n, requires_grad=True)
-    b = torch.zeros(n, requires_grad=True)
-    opt = torch.optim.Adam([W, b], lr=LR)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x @ W + b, y).backward()
-        opt.step()
-    return W.detach()
+def fit_probes(x: torch.Tensor, fires: torch.Tensor) -> torch.Tensor:
+    """Fisher-discriminant probe directions [d, n] of each column of fires [R, n] on x [R, d]."""
+    x = x.double()
+    y = fires.double()
+    R, d = x.shape
+    pos = y.sum(0)
+    mean = x.mean(0)
+    mu_pos = (y.t() @ x) / pos.clamp_min(1)[:, None]  # [n, d]
+    mu_neg = (R * mean[None] - pos[:, None] * mu_pos) / (R - pos).clamp_min(1)[:, None]
+    xc = x - mean
+    S = xc.t() @ xc / max(R - 1, 1)
+    S += RIDGE * torch.trace(S) / d * torch.eye(d, dtype=S.dtype)
+    return torch.linalg.solve(S, (mu_pos - mu_neg).t()).float()
 
 
 def hierarchical_edges(probes: torch.Tensor, W_p: torch.Tensor, W_c: torch.Tensor, parent: torch.Tensor,
