@@ -71,11 +71,11 @@ def encode_level(lv, x: torch.Tensor, bandwidth: float):
 def _couplings(model: HSAE, acts, supports, swap, rho: float):
     """Per level pair: the swap's correction to the parent level's decode (or None) and the constraint.
 
-    Built after every decode, constraints from the last pair to the first, then the swaps, on
-    purpose: autograd runs later-built nodes first, and a level's gradient is summed in place
-    only if its sparse parts (swaps, the constraint where the level is the child) arrive before
-    its dense ones (the constraint where it is the parent, its decode). In another order
-    autograd copies the dense gradient: a full-size copy per level and pair.
+    Built after every decode, constraints from the last pair to the first, then the swaps:
+    autograd runs later-built nodes first, and it sums a sparse gradient into a level's dense
+    one in place only when the sparse one arrives first (else it copies the dense one). This
+    order makes that the common case; the profile still shows a few copies per step
+    (bench/RESULTS.md), so the engine's order is not exactly the build order.
     """
     L = len(model.levels)
     deltas, cons = [None] * L, [None] * (L - 1)
