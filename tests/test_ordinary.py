@@ -74,7 +74,7 @@ def test_training_never_sees_an_excluded_row(tiny, tmp_path):
     s = Store(collect_tiny(tiny, out="s2"))
     tr = Trainer(TrainConfig(levels=[4, 8], l0=[2.0], steps=10, batch_size=64), s, tmp_path / "run")
     try:
-        train_rows = tr.train_rows
+        train_rows = tr.stream.rows
         allx = s.batch(train_rows.start, train_rows.stop)
         keep = s.ordinary[train_rows.start:train_rows.stop]
         for step in range(5):

@@ -210,10 +210,19 @@ class LocalChat(Backend):
         out = []
         with torch.inference_mode():
             for m in requests:
-                self._count("requests")
-                logp = torch.log_softmax(self.lm(input_ids=self._ids(m)).logits[0, -1].float(), -1)
-                y, n = (torch.logsumexp(logp[words[w]], 0) for w in ("Yes", "No"))
-                out.append(float(torch.sigmoid(y - n)))
+                # cached like an answer (as its repr), so an interrupted judge resumes and a rerun asks nothing
+                key = ResponseCache.key(self.name, self.model_id, m, "p_yes", self.prefill)
+                hit = self.cache.get(key)
+                if hit is not None:
+                    self._count("cached")
+                    p = float(hit)
+                else:
+                    self._count("requests")
+                    logp = torch.log_softmax(self.lm(input_ids=self._ids(m)).logits[0, -1].float(), -1)
+                    y, n = (torch.logsumexp(logp[words[w]], 0) for w in ("Yes", "No"))
+                    p = float(torch.sigmoid(y - n))
+                    self.cache.put(key, repr(p))
+                out.append(p)
                 if progress:
                     progress()
         return out
