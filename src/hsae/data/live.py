@@ -88,9 +88,10 @@ class RowFilter:
         """The ordinary rows of x [rows, d] (float32 in, self.dtype out); tokens [rows]."""
         with np.errstate(over="ignore"):  # overflow of the dtype is one of the things dropped
             y = x.astype(self.dtype)
+        from .ordinary import ordinary_mask
+
         n = np.linalg.norm(y.astype(np.float64), axis=1)
-        keep = np.isfinite(n) & (n <= self.outlier_norm) & ~np.isin(tokens, self.special)
-        return y[keep]
+        return y[np.isfinite(n) & ordinary_mask(n, np.isin(tokens, self.special), self.outlier_norm)]
 
 
 class LiveStream:
@@ -197,7 +198,6 @@ class LiveStream:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._ahead = None
-        self._ctx_iter = None  # a piece may have been cut short: restart the corpus iterator when needed
         self._closing.clear()
 
     def seek(self, step: int, window: int, offset: int) -> None:

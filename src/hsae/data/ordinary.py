@@ -45,6 +45,12 @@ def special_rows(store) -> np.ndarray:
     return np.isin(store.read_extra("tokens", 0, store.rows), np.asarray(ids, dtype=np.int64))
 
 
+def ordinary_mask(norm: np.ndarray, special: np.ndarray, threshold: float) -> np.ndarray:
+    """bool: rows that are neither special tokens nor massive (norm above the threshold); a NaN norm
+    is not massive: stores hold no non-finite rows, and live rows drop them first (data/live.py)."""
+    return ~special & ~(norm > threshold)
+
+
 def outlier_threshold(n: np.ndarray, special: np.ndarray) -> float:
     """OUTLIER_FACTOR x the median norm of the first SCALE_ROWS non-special rows."""
     first = n[:SCALE_ROWS][~special[:SCALE_ROWS]]
@@ -59,8 +65,8 @@ def classify(store) -> tuple[np.ndarray, dict]:
     special = special_rows(store)
     n = norms(store)
     thr = outlier_threshold(n, special)
-    outlier = (n > thr) & ~special
-    keep = ~(special | outlier)
+    keep = ordinary_mask(n, special, thr)
+    outlier = ~keep & ~special
     summary = {"special": int(special.sum()), "outlier": int(outlier.sum()), "ordinary": int(keep.sum()),
                "outlier_factor": OUTLIER_FACTOR, "outlier_norm": thr}
     return keep, summary

@@ -78,12 +78,15 @@ class Backend:
 
     def answer(self, messages: Messages) -> str | None:
         """One request's answer (cached if possible), None if it failed."""
-        key = self._key(messages)
+        return self.cached(self._key(messages), lambda: self._ask(messages))
+
+    def cached(self, key: str, ask: Callable[[], str | None]) -> str | None:
+        """The cache's entry for key, else ask() (stored unless None, which counts as failed)."""
         hit = self.cache.get(key)
         if hit is not None:
             self._count("cached")
             return hit
-        out = self._ask(messages)
+        out = ask()
         if out is None:
             self._count("failed")
         else:
@@ -207,24 +210,21 @@ class LocalChat(Backend):
 
         words = {w: sorted({self.tok(v, add_special_tokens=False)["input_ids"][0] for v in (w, " " + w)})
                  for w in ("Yes", "No")}
+
+        def score(m: Messages) -> str:
+            self._count("requests")
+            with torch.inference_mode():
+                logp = torch.log_softmax(self.lm(input_ids=self._ids(m)).logits[0, -1].float(), -1)
+            y, n = (torch.logsumexp(logp[words[w]], 0) for w in ("Yes", "No"))
+            return repr(float(torch.sigmoid(y - n)))
+
         out = []
-        with torch.inference_mode():
-            for m in requests:
-                # cached like an answer (as its repr), so an interrupted judge resumes and a rerun asks nothing
-                key = ResponseCache.key(self.name, self.model_id, m, "p_yes", self.prefill)
-                hit = self.cache.get(key)
-                if hit is not None:
-                    self._count("cached")
-                    p = float(hit)
-                else:
-                    self._count("requests")
-                    logp = torch.log_softmax(self.lm(input_ids=self._ids(m)).logits[0, -1].float(), -1)
-                    y, n = (torch.logsumexp(logp[words[w]], 0) for w in ("Yes", "No"))
-                    p = float(torch.sigmoid(y - n))
-                    self.cache.put(key, repr(p))
-                out.append(p)
-                if progress:
-                    progress()
+        for m in requests:
+            # cached like an answer (as its repr), so an interrupted judge resumes and a rerun asks nothing
+            key = ResponseCache.key(self.name, self.model_id, m, "p_yes", self.prefill)
+            out.append(float(self.cached(key, lambda: score(m))))
+            if progress:
+                progress()
         return out
 
     def _ask(self, messages: Messages) -> str | None:
