@@ -1,19 +1,19 @@
 #!/bin/sh
 # HSAE vs post-hoc on both embedded models at an early, a middle and a late layer (issue 15):
 # the same corpus and token budget per store, three seeds each, then one table with chance levels.
-#   sh bench/cross_model.sh [RUNS_DIR] [TOKENS]        (~5 h on 2 CPU cores at the defaults; 200 steps at 60k tokens is too short: L0 ends at 90-100 for a target of 20)
+#   sh bench/cross_model.sh [RUNS_DIR] [TOKENS]        (200 steps is too short: L0 ends at 90-100 for a target of 20)
 set -e
 RUNS=${1:-runs/cross}
-TOKENS=${2:-200000}
+TOKENS=${2:-100000}
 HSAE=${HSAE:-.venv/bin/hsae}
-for ml in smollm2:5 smollm2:15 smollm2:25 gemma3-270m:3 gemma3-270m:9 gemma3-270m:15; do
+for ml in gemma3-270m:9 smollm2:15 smollm2:5 gemma3-270m:3 smollm2:25 gemma3-270m:15; do
   m=${ml%%:*}; l=${ml##*:}
   test -f "$RUNS/$m-L$l/acts/manifest.json" || \
     $HSAE collect --model "$m" --layer "$l" --corpus mix --tokens "$TOKENS" --out "$RUNS/$m-L$l/acts" --quiet
   $HSAE ablate --acts "$RUNS/$m-L$l/acts" --variants hsae,post-hoc --seeds 0,1,2 --levels 256,512,1024 \
     --l0 20 --steps 1000 --out "$RUNS/$m-L$l/runs" --quiet > /dev/null
 done
-for ml in smollm2:5 smollm2:15 smollm2:25 gemma3-270m:3 gemma3-270m:9 gemma3-270m:15; do
+for ml in gemma3-270m:9 smollm2:15 smollm2:5 gemma3-270m:3 smollm2:25 gemma3-270m:15; do
   m=${ml%%:*}; l=${ml##*:}
   echo "## $m layer $l"
   $HSAE compare "$RUNS/$m-L$l"/runs/*/eval.json --no-paper

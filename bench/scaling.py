@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from hsae.eval.report import _stats, aggregate, read_eval, values
+from hsae.eval.groups import aggregate, stats, values
+from hsae.eval.report import read_eval
 
 METRICS = ["hamming", "p_parent_given_child", "p_child_given_parent", "var_explained", "dead_last", "hub_ratio"]
 TITLES = dict(zip(METRICS, ["Hamming (lower: tighter)", "P(parent | child)", "P(child | parent)",
@@ -24,7 +25,7 @@ TITLES = dict(zip(METRICS, ["Hamming (lower: tighter)", "P(parent | child)", "P(
 
 
 def _extra(ev: dict) -> dict:
-    """Per-run columns report.values() lacks: the last level's dead fraction, largest / mean family."""
+    """Per-run columns groups.values() lacks: the last level's dead fraction, largest / mean family."""
     hist = ev["hierarchy"]["children_per_parent"][-1]  # the last parent level's histogram
     n = sum(hist[1:])
     mean = sum(k * c for k, c in enumerate(hist)) / n if n else float("nan")
@@ -39,7 +40,7 @@ def budget_table(root: Path) -> dict:
     for label, g in aggregate(evals, by="name").items():
         cols = dict(g["columns"])
         for m in ("dead_last", "hub_ratio"):
-            cols[m] = _stats([_extra(evals[r])[m] for r in g["runs"]])
+            cols[m] = stats([_extra(evals[r])[m] for r in g["runs"]])
         out[label] = {"n": g["n"], **{k: v for k, v in cols.items() if k in METRICS or k.startswith("chance_")}}
     return out
 

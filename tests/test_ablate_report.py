@@ -36,7 +36,7 @@ def test_ablation_trains_every_variant_with_its_setting(ablation, capsys):
         assert {k: v for k, v in cfg.items() if default[k] != v} == over  # exactly its overrides
         ev = json.loads((root / "abl" / name / "eval.json").read_text())
         assert ev["baseline"] == (name == "post-hoc") and len(ev["levels"]) == 2
-    table = (root / "abl" / "ablation.md").read_text().splitlines()
+    table = (root / "abl" / "ablation.md").read_text().split("\n\n")[0].splitlines()
     assert len(table) == 2 + len(PAPER_VARIANTS) and "Hamming (chance)" in table[0]
     for line, name in zip(table[2:], PAPER_VARIANTS):
         cells = [c.strip() for c in line.replace("\\|", "/").strip("|").split("|")]
@@ -99,8 +99,14 @@ def test_ablation_with_two_seeds_trains_the_new_seed_only_and_reports_the_spread
     for name in ("hsae-s1", "post-hoc-s1"):
         assert json.loads((root / "abl" / name / "config.json").read_text())["seed"] == 1
         assert evals[name]["config"]["seed"] == 1
-    lines = ablation_table(evals).splitlines()
+    main_table, side = ablation_table(evals).split("\n\n")[:2]
+    lines = main_table.splitlines()
     assert len(lines) == 4
+    # the side-by-side table: dead features and training time per step, each with its spread
+    side = side.splitlines()
+    assert side[0] == "| model | n | dead | train s/step |" and side[2].startswith("| hsae | 2 | ")
+    assert all("±" in c for c in side[2].split("|")[3:5])
+    assert all(evals[n]["train"]["steps"] == 40 and evals[n]["train"]["seconds_per_step"] > 0 for n in evals)
     for line, name in zip(lines[2:], ("hsae", "post-hoc")):
         cells = [c.strip() for c in line.replace("\\|", "/").strip("|").split("|")]
         ham = [evals[n]["hierarchy"]["hamming"] for n in (name, f"{name}-s1")]
@@ -108,6 +114,17 @@ def test_ablation_with_two_seeds_trains_the_new_seed_only_and_reports_the_spread
         mean, _, std = cells[6].split()[:3]
         assert float(mean) == pytest.approx(statistics.mean(ham), abs=1e-3)
         assert float(std) == pytest.approx(statistics.stdev(ham), abs=1e-3)
+
+
+def test_report_of_seeds_plots_the_methods_side_by_side(seeded):
+    root, _, evals, _ = seeded
+    runs = [str(root / "abl" / n) for n in evals]
+    assert main(["report", *runs, "--out", str(root / "rep2")]) == 0
+    md = (root / "rep2" / "report.md").read_text()
+    assert "](methods.png)" in md and "| hsae | 2 |" in md
+    with Image.open(root / "rep2" / "methods.png") as im:
+        assert im.size[0] > 600 and im.size[1] > 300
+    assert not (root / "rep" / "methods.png").exists()  # one run per method: nothing to put a spread on
 
 
 def test_seeded_rerun_trains_nothing_and_old_eval_files_gain_chance(seeded):
@@ -179,3 +196,37 @@ def test_family_cell_reads_the_children_histogram():
 
     assert family_cell([0, 3, 0, 1]) == "3 / 1.5"  # three parents with one child, one with three
     assert family_cell([0]) == "-"
+
+
+def _semantic(ev: dict, wn: float, probe: float, ce: list[float], absorb: list[float], secs: float) -> dict:
+    """ev plus hand-made WordNet, probe, splice, absorption and training-time results."""
+    ev = {**ev, "wordnet": {"consistent_fraction": wn, "chance_consistent_fraction": 0.2, "equal_fraction": 0.1,
+                            "chance_equal_fraction": 0.01},
+          "probe": {"hierarchical_fraction": probe, "chance_hierarchical_fraction": 0.05},
+          "train": {"seconds_per_step": secs, "steps": 10}}
+    ev["levels"] = [{"n_features": 3 * 2 ** i, "l0": 1.0, "var_explained": 0.5, "dead_fraction": 0.1 * i,
+                     "ce_loss_recovered": c, "absorption_rate": a} for i, (c, a) in enumerate(zip(ce, absorb))]
+    return ev
+
+
+def test_side_by_side_shows_meaning_quality_and_time_with_spread_and_chance():
+    from hsae.eval.sidebyside import side_by_side
+
+    evals = {"m-s0": _semantic(_ev(1.0, 4.0, {"seed": 0}, 9.0), 0.3, 0.6, [0.8, 0.9], [0.1, 0.3], 1.0),
+             "m-s1": _semantic(_ev(1.0, 4.0, {"seed": 1}, 9.0), 0.5, 0.6, [0.6, 0.7], [0.1, 0.1], 3.0),
+             "x-s0": _ev(1.0, 4.0, {"seed": 0, "rho": 0.0}, 9.0)}
+    lines = side_by_side(evals)
+    assert lines[0] == ("| model | n | WordNet consistent (chance) | WordNet equal (chance) | probe-based (chance) | "
+                        "absorption | dead | train s/step |")
+    assert lines[2] == "| m | 2 | 0.400 ± 0.141 (0.200) | 0.100 ± 0.000 (0.010) | 0.600 ± 0.000 (0.050) | " \
+                       "0.150 ± 0.071 | 0.050 ± 0.000 | 2.000 ± 1.414 |"
+    assert lines[3] == "| x | 1 | - (-) | - (-) | - (-) | - | 0.000 | - |"
+    per_level = lines[lines.index("") + 1:]
+    assert per_level[0] == "| model | n | level | var.expl. | CE loss recovered | absorption | dead |"
+    assert per_level[2] == "| m | 2 | 0 | 0.500 ± 0.000 | 0.700 ± 0.141 | 0.100 ± 0.000 | 0.000 ± 0.000 |"
+    assert per_level[3] == "| m | 2 | 1 | 0.500 ± 0.000 | 0.800 ± 0.141 | 0.200 ± 0.141 | 0.100 ± 0.000 |"
+    assert per_level[4] == "| x | 1 | 0 | 0.500 | - | - | 0.000 |"
+    # a column only some of a group's runs have says so
+    del evals["m-s1"]["wordnet"]
+    assert side_by_side(evals)[2].startswith("| m | 2 | 0.300 (0.200) [1/2] |")
+

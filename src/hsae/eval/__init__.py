@@ -40,6 +40,9 @@ def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: in
     ev = evaluate(model, lambda: store.ordinary_batches(rows, batch_size), chance_draws, chance_seed)
     out = {"run": str(run), "acts": str(acts), "baseline": cfg.baseline, "config": dataclasses.asdict(cfg),
            "rows_excluded": {**store.excluded, "heldout_excluded": int((~held).sum())}, **ev}
+    train = train_time(run, cfg.steps)
+    if train is not None:
+        out["train"] = train
     if store.truth_path is not None and store.truth_path.is_file():
         out["tree_recovery"] = tree_recovery(model, load_truth(store.truth_path))
     if splice:
@@ -66,3 +69,24 @@ def evaluate_run(run: str | Path, acts: str | Path | None = None, batch_size: in
 
         out["probe"] = probe_store(store, rows, model, max(chance_draws, 1), chance_seed)
     return out
+
+
+def train_time(run: str | Path, steps: int) -> dict | None:
+    """{"seconds_per_step", "steps"} of a run's training, None where it left no record.
+
+    An hsae run: the mean wall time of its logged steps (one in log_every, plus every forest
+    update); a Matryoshka run: SAELens's whole fit over its steps. Runs trained at different
+    times on a shared machine: a rough figure, not a benchmark (bench/step.py is that)."""
+    import json
+
+    from ..interop.matryoshka import INFO
+    from ..rundir import read_log
+
+    run = Path(run)
+    if (run / INFO).is_file():
+        info = json.loads((run / INFO).read_text())
+        return {"seconds_per_step": info["train_seconds"] / steps, "steps": steps}
+    secs = [r["seconds"] for r in read_log(run) if isinstance(r.get("seconds"), (int, float))]
+    if not secs:
+        return None
+    return {"seconds_per_step": sum(secs) / len(secs), "steps": steps}

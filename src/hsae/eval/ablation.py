@@ -16,6 +16,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..files import atomic_write
 from .report import aggregate, metric_cells, metric_headers, read_eval
+from .sidebyside import side_by_side
 
 # variant -> TrainConfig overrides (PAPER.md sections 4 and 6)
 VARIANTS: dict[str, dict] = {
@@ -93,4 +94,5 @@ def ablation_table(evals: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, g in groups.items():
         lines.append(f"| {name} | {g['n']} | " + " | ".join(metric_cells(g)) + f" | {PAPER_HAMMING.get(name, '')} |")
-    return "\n".join(lines)
+    extra = side_by_side(evals, by="name")
+    return "\n".join(lines + ([""] + extra if extra else [])).rstrip()

@@ -176,3 +176,46 @@ def semantic_plot(evals: dict[str, dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+# methods_plot's panels: (column, title, chance column or None); groups.values() names the columns
+METHOD_PANELS = [("hamming", "Hamming (lower is better)", "chance_hamming"),
+                 ("p_parent_given_child", "P(parent | child)", "chance_p_parent_given_child"),
+                 ("p_child_given_parent", "P(child | parent)", "chance_p_child_given_parent"),
+                 ("wordnet_consistent", "WordNet-consistent edges", "chance_wordnet_consistent"),
+                 ("probe_rate", "probe-hierarchical edges", "chance_probe_rate"),
+                 ("var_explained", "variance explained", None),
+                 ("absorption_rate", "absorption (mean over levels)", None),
+                 ("dead_fraction", "dead features (mean over levels)", None)]
+
+
+def methods_plot(evals: dict[str, dict], path: Path) -> Path | None:
+    """Methods side by side: per metric, one bar per group of seeds (mean ± std), chance as a black tick.
+
+    None unless some group has more than one run (one run per method: hierarchy_plot shows it)."""
+    from .groups import aggregate
+
+    groups = aggregate(evals)
+    if not any(g["n"] > 1 for g in groups.values()):
+        return None
+    last = max(len(ev["levels"]) for ev in evals.values()) - 1
+    panels = [p for p in METHOD_PANELS + [(f"ce_loss_recovered@{last}", "CE loss recovered (last level)", None)]
+              if any(p[0] in g["columns"] for g in groups.values())]
+    names = list(groups)
+    cols = 4
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.3 * rows), squeeze=False)
+    for ax, (key, title, chance) in zip(axes.flat, panels):
+        st = [groups[n]["columns"].get(key, {"mean": float("nan"), "std": float("nan")}) for n in names]
+        ax.bar(range(len(names)), [s["mean"] for s in st], yerr=[0 if s["std"] != s["std"] else s["std"] for s in st],
+               capsize=4, ecolor="0.45", color=[f"C{i}" for i in range(len(names))])
+        ch = [(i, groups[n]["columns"][chance]["mean"]) for i, n in enumerate(names)
+              if chance and chance in groups[n]["columns"]]
+        if ch:
+            ax.plot(*zip(*ch), "_", color="black", markersize=22, mew=2, label="chance")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(names)), [f"{n} (n={groups[n]['n']})" for n in names], rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    return _save(fig, path)

@@ -9,23 +9,19 @@ number of runs n. Beside every hierarchy metric, in parentheses, is its chance l
 from __future__ import annotations
 
 import json
-import math
-import re
 from pathlib import Path
 
 from ..files import atomic_write
+from .groups import CHANCE, COLUMNS, RECOVERY, aggregate, cell, stats, with_chance
+from .sidebyside import side_by_side
+
+HEADERS = ["L0", "var.expl.", "P(p\\|c)", "P(c\\|p)", "Hamming"]  # \| : a literal | inside a Markdown cell
 
 # PAPER.md section 6 (gemma-2-2b layer 13, 4 levels, L0 ~ 50), for reference beside ours.
 PAPER_ROWS = {
     "paper HSAE": {"l0": 50.1, "var_explained": 0.713, "p_parent_given_child": 0.769, "p_child_given_parent": 0.432, "hamming": 21.3},
     "paper post-hoc": {"l0": 49.8, "var_explained": 0.714, "p_parent_given_child": 0.662, "p_child_given_parent": 0.343, "hamming": 36.1},
 }
-COLUMNS = ["l0", "var_explained", "p_parent_given_child", "p_child_given_parent", "hamming"]
-HEADERS = ["L0", "var.expl.", "P(p\\|c)", "P(c\\|p)", "Hamming"]  # \| : a literal | inside a Markdown cell
-CHANCE = ["p_parent_given_child", "p_child_given_parent", "hamming"]  # columns shown with their chance level
-RECOVERY = ["feature_match", "edge_precision", "edge_recall", "edge_f1"]
-# a run name's seed suffix: NAME-s3 (hsae ablate), NAME-seed3, NAME_seed-3
-SEED_SUFFIX = re.compile(r"(?:-s|[-_]seed[-_]?)\d+$")
 
 
 def read_eval(path: str | Path) -> dict:
@@ -41,96 +37,9 @@ def read_eval(path: str | Path) -> dict:
     return ev
 
 
-def row(ev: dict) -> dict:
-    """The table's columns from one eval dict."""
-    h = ev["hierarchy"]
-    return {"l0": ev["l0"], "var_explained": ev["var_explained"], "p_parent_given_child": h["p_parent_given_child"],
-            "p_child_given_parent": h["p_child_given_parent"], "hamming": h["hamming"]}
-
-
-def values(ev: dict) -> dict:
-    """Every numeric column of one eval dict: row(), chance_KEY for the chance levels, tree recovery."""
-    out = row(ev)
-    chance = ev["hierarchy"].get("chance") or {}
-    out.update({f"chance_{k}": chance[k] for k in CHANCE if k in chance})
-    out.update({k: v for k, v in (ev.get("tree_recovery") or {}).items() if k in RECOVERY})
-    return out
-
-
-def _fmt(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:.1f}" if isinstance(v, float) else str(v)
-
-
-def _stats(v: list[float]) -> dict:
-    """mean, std (ddof=1; nan below 2 values) and n of the finite values in v."""
-    v = [float(x) for x in v if x is not None and math.isfinite(float(x))]
-    n = len(v)
-    mean = sum(v) / n if n else float("nan")
-    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else float("nan")
-    return {"mean": mean, "std": std, "n": n}
-
-
-def group_key(name: str, ev: dict, by: str = "config") -> str:
-    """The group of one run: its config without the seed, else (or with by="name") its name without a seed suffix."""
-    cfg = ev.get("config")
-    if by == "config" and cfg is not None:
-        # plus the store it was evaluated on: one run evaluated on two stores is not two seeds
-        same = {k: v for k, v in cfg.items() if k != "seed"} | {"eval acts": ev.get("acts")}
-        return "config:" + json.dumps(same, sort_keys=True)
-    if by == "run":
-        return "run:" + name
-    return "name:" + (SEED_SUFFIX.sub("", name) or name)
-
-
-def _unique(label: str, taken) -> str:
-    """label, or label #2, #3, ... where it is taken."""
-    k = 1
-    while (label if k == 1 else f"{label} #{k}") in taken:
-        k += 1
-    return label if k == 1 else f"{label} #{k}"
-
-
-def aggregate(evals: dict[str, dict], by: str = "config") -> dict[str, dict]:
-    """{group name: {"runs", "n", "columns": {column: {"mean", "std", "n"}}}} over runs equal but for the seed.
-
-    by="config": equal `config` except `seed` (runs without one: by name); "name": the run
-    name without its seed suffix (-sN); "run": every run alone. A group is named after its
-    first run without the seed suffix (plus " #k" where two groups would share a name)."""
-    groups: dict[str, list[str]] = {}
-    for name, ev in evals.items():
-        groups.setdefault(group_key(name, ev, by), []).append(name)
-    out = {}
-    for runs in groups.values():
-        label = _unique(runs[0] if by == "run" else SEED_SUFFIX.sub("", runs[0]) or runs[0], out)
-        vals = [values(evals[r]) for r in runs]
-        cols = sorted({c for v in vals for c in v}, key=lambda c: (c not in COLUMNS, c))
-        out[label] = {"runs": runs, "n": len(runs), "columns": {c: _stats([v.get(c) for v in vals]) for c in cols}}
-    return out
-
-
-def _cell(stats: dict | None) -> str:
-    """mean ± std with the mean's precision (just the mean for one run); - when missing."""
-    if not stats or not stats["n"]:
-        return "-"
-    m, s = stats["mean"], stats["std"]
-    text = _fmt(float(m))
-    if math.isfinite(s):
-        digits = len(text.split(".")[1]) if "." in text else 0
-        text += f" ± {s:.{digits}f}"
-    return text
-
-
 def metric_cells(group: dict) -> list[str]:
     """The main table's cells of one group: COLUMNS, each hierarchy metric with its chance level."""
-    cols = group["columns"]
-    out = []
-    for c in COLUMNS:
-        cell = _cell(cols.get(c))
-        if c in CHANCE:
-            ch = cols.get(f"chance_{c}")
-            cell += f" ({_fmt(float(ch['mean'])) if ch and ch['n'] else '-'})"
-        out.append(cell)
-    return out
+    return [with_chance(group["columns"], c, f"chance_{c}" if c in CHANCE else None) for c in COLUMNS]
 
 
 def metric_headers() -> list[str]:
@@ -140,7 +49,7 @@ def metric_headers() -> list[str]:
 
 def _paper_groups() -> dict[str, dict]:
     """The paper's rows as groups (n: unknown, left blank)."""
-    return {n: {"runs": [n], "n": None, "columns": {c: _stats([v]) for c, v in r.items()}}
+    return {n: {"runs": [n], "n": None, "columns": {c: stats([v]) for c, v in r.items()}}
             for n, r in PAPER_ROWS.items()}
 
 
@@ -159,14 +68,14 @@ def comparison_table(evals: dict[str, dict], paper: bool = True, per_run: bool =
     rec = {n: g for n, g in groups.items() if RECOVERY[0] in g["columns"]}
     if rec:
         lines += ["", "| " + " | ".join(lead + RECOVERY) + " |", "|---" * (len(lead) + len(RECOVERY)) + "|"]
-        lines += [line(n, g, [_cell(g["columns"].get(c)) for c in RECOVERY]) for n, g in rec.items()]
+        lines += [line(n, g, [cell(g["columns"].get(c)) for c in RECOVERY]) for n, g in rec.items()]
     lines += ["", "| model | level | features | L0 | var.expl. | dead | children per parent: largest / mean |",
               "|---|---|---|---|---|---|---|"]
     for n, ev in evals.items():
         fams = ev["hierarchy"].get("children_per_parent", [])
         lines += [f"| {n} | {i} | {v['n_features']} | {v['l0']:.2f} | {v['var_explained']:.3f} | {v['dead_fraction']:.3f} | "
                   f"{family_cell(fams[i]) if i < len(fams) else '-'} |" for i, v in enumerate(ev["levels"])]
-    extra = _level_tables(evals)
+    extra = side_by_side(evals, by="run" if per_run else "config") + _level_tables(evals)
     return "\n".join(lines + ([""] + extra if extra else [])).rstrip()
 
 
@@ -259,6 +168,7 @@ def write_report(runs: list[str | Path], out: str | Path) -> Path:
         ("P(p|c) and P(c|p) over pairs", figures.pairs_plot(evals, out / "pairs.png")),
         ("Absorption per level", figures.absorption_plot(evals, out / "absorption.png")),
         ("Meaning: WordNet and probe-based edges", figures.semantic_plot(evals, out / "semantic.png")),
+        ("Methods side by side (mean ± std over seeds)", figures.methods_plot(evals, out / "methods.png")),
     ]
     lines = ["# hsae report", "", "Runs: " + ", ".join(f"`{r}`" for r in runs) + ". Held-out rows of each run's store; "
              "definitions in `hsae/eval/metrics.py`, `splice.py`, `absorption.py`.", "",
