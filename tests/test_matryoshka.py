@@ -1,4 +1,4 @@
-"""The Matryoshka baseline: SAELens trains it on our store, its prefixes become levels exactly."""
+"""The Matryoshka baseline: SAELens trains it on our store, its prefixes become levels exactly, and the run works downstream."""
 
 import json
 import tempfile
@@ -10,6 +10,7 @@ import torch
 from hsae.cli import main
 from hsae.interop.matryoshka import to_levels
 from hsae.rundir import load_run
+from tiny import build_tiny, collect_tiny
 
 SIZES = [8, 24, 64]
 
@@ -83,3 +84,17 @@ def test_a_matryoshka_run_is_a_normal_run(ablation, capsys):
     assert "matryoshka" in (ablation / "ab" / "ablation.md").read_text()
     assert main(["compare", str(run / "eval.json"), str(ablation / "ab" / "post-hoc" / "eval.json"), "--no-paper"]) == 0
     assert "matryoshka" in capsys.readouterr().out
+
+
+def test_contexts_browse_and_export_work_on_a_matryoshka_run_of_a_model_store(tmp_path):
+    build_tiny(tmp_path, docs=200)
+    store = collect_tiny(tmp_path, 1, 1500, "acts")
+    run = tmp_path / "ab" / "matryoshka"
+    assert main(["ablate", "--acts", str(store), "--variants", "matryoshka", "--levels", "8,16,32", "--l0", "3",
+                 "--steps", "60", "--batch-size", "128", "--out", str(tmp_path / "ab"), "--quiet"]) == 0
+    assert main(["contexts", str(run), "--k", "3", "--quiet"]) == 0
+    assert main(["browse", str(run), "--out", str(tmp_path / "f.html"), "--quiet"]) == 0
+    assert "matryoshka" in (tmp_path / "f.html").read_text()
+    assert main(["export", str(run), "--format", "saelens", "--out", str(tmp_path / "sl"), "--quiet"]) == 0
+    assert main(["export", str(run), "--format", "neuronpedia", "--out", str(tmp_path / "np"), "--quiet"]) == 0
+    assert any((tmp_path / "sl").iterdir()) and any((tmp_path / "np").iterdir())
