@@ -11,6 +11,7 @@ that L0 is about `--l0` (as in a trained model: the constraint's cost grows with
   python bench/step.py                 # small + paper dims + dense comparison (~10 min on 2 cores)
   python bench/step.py --only small    # one configuration
   python bench/step.py --only demo --rounds 3   # the demo's dims, alternated, with SAELens
+  python bench/step.py --only demo --rounds 3 --matryoshka   # plus SAELens's Matryoshka SAE
   python bench/step.py --only paper --device cuda --dtype bfloat16
 
 bench/run_all.py builds the suite's JSON from the same measurements.
@@ -115,12 +116,39 @@ def saelens_step(c: dict, device: str = "cpu", dtype: str = "float32"):
     return step
 
 
+def matryoshka_step(c: dict, device: str = "cpu", dtype: str = "float32"):
+    """SAELens's Matryoshka BatchTopK SAE over the same widths (k = the target L0): forward + backward + Adam."""
+    from sae_lens.saes.matryoshka_batchtopk_sae import (MatryoshkaBatchTopKTrainingSAE,
+                                                        MatryoshkaBatchTopKTrainingSAEConfig)
+    from sae_lens.saes.sae import TrainStepInput
+
+    torch.manual_seed(0)
+    sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=c["d"], d_sae=c["levels"][-1], matryoshka_widths=list(c["levels"]), k=c["l0"], dtype="float32",
+        device=device))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-6, betas=(0.0, 0.999))
+    x = torch.randn(c["batch"], c["d"], device=device)
+    dead = torch.zeros(c["levels"][-1], dtype=torch.bool, device=device)
+    ctx = torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+
+    def step():
+        with ctx:
+            out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients=sae.get_coefficients(),
+                                                           dead_neuron_mask=dead, n_training_steps=0,
+                                                           is_logging_step=False))
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+    return step
+
+
 def run_one(name: str, mode: str, device: str = "cpu", dtype: str = "float32", compile: bool = False,
             steps: int | None = None) -> dict:
     """Time one (configuration, mode) in this process."""
     c = CONFIGS[name]
-    if mode == "saelens":
-        return {"seconds_per_step": _time(saelens_step(c, device, dtype), steps or c["steps"]), **peak_memory_gib()}
+    if mode in ("saelens", "matryoshka"):
+        fn = (saelens_step if mode == "saelens" else matryoshka_step)(c, device, dtype)
+        return {"seconds_per_step": _time(fn, steps or c["steps"]), **peak_memory_gib()}
     with tempfile.TemporaryDirectory() as tmp:
         tr, x = _trainer(Path(tmp), c, mode, device, dtype, compile)
         if mode == "dense":
@@ -191,6 +219,8 @@ def main():
     p.add_argument("--compile", action="store_true", help="torch.compile the levels' dense encode")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default: per configuration)")
     p.add_argument("--rounds", type=int, default=1, help="alternate the modes this many times; report medians")
+    p.add_argument("--matryoshka", action="store_true",
+                   help="also time SAELens's Matryoshka BatchTopK SAE over the same widths (one dictionary)")
     p.add_argument("--child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -209,11 +239,14 @@ def main():
               "configs": {}}
     for name in [a.only] if a.only else list(CONFIGS):
         c = CONFIGS[name]
-        modes = ["hsae", "independent", "saelens"] + (["dense"] if name == "dense_cmp" else [])
+        modes = ["hsae", "independent", "saelens"] + (["matryoshka"] if a.matryoshka else []) + (
+            ["dense"] if name == "dense_cmp" else [])
         r = {"config": c, **alternated(name, modes, a.rounds, sub)}
         h, ind, sl = r["hsae"], r["independent"], r["saelens"]
         if "error" not in h and "error" not in sl:
             r["hsae_over_saelens"] = h["seconds_per_step"] / sl["seconds_per_step"]
+        if "matryoshka" in r and "error" not in r["matryoshka"] and "error" not in h:
+            r["hsae_over_matryoshka"] = h["seconds_per_step"] / r["matryoshka"]["seconds_per_step"]
         if "error" not in h and "error" not in ind:
             r["overhead_ratio"] = h["seconds_per_step"] / ind["seconds_per_step"]
             r["matmul_ceiling_s"] = matmul_ceiling(c, a.steps or c["steps"], a.device, a.dtype)
