@@ -98,3 +98,14 @@ def test_contexts_browse_and_export_work_on_a_matryoshka_run_of_a_model_store(tm
     assert main(["export", str(run), "--format", "saelens", "--out", str(tmp_path / "sl"), "--quiet"]) == 0
     assert main(["export", str(run), "--format", "neuronpedia", "--out", str(tmp_path / "np"), "--quiet"]) == 0
     assert any((tmp_path / "sl").iterdir()) and any((tmp_path / "np").iterdir())
+
+
+def test_inherited_latents_get_no_parent_and_added_ones_link_to_the_previous_group(ablation):
+    _, model, _ = load_run(ablation / "ab" / "matryoshka")
+    sizes = model.sizes
+    for l in (1, 2):
+        p = model.parent(l)
+        assert (p[:sizes[l - 1]] == -1).all()  # the same latent as in level l-1: no self-edge
+        linked = p[sizes[l - 1]:]
+        assert (linked >= 0).float().mean() >= 0.5  # the partial tree orphans the least similar 20%
+        assert (linked[linked >= 0] >= (sizes[l - 2] if l >= 2 else 0)).all()  # a parent from the group before

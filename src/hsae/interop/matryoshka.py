@@ -18,8 +18,14 @@ threshold); its prefixes become our levels through the SAELens importer's own co
 (interop/saelens.py: decoder rows made unit-norm, the norm folded into encoder and threshold),
 so level l reconstructs exactly what SAELens's prefix of width n_l reconstructs. BatchTopK has
 one k for the whole dictionary: it is the last level's target L0, and the prefixes get the L0
-they get (measured, recorded as the run's l0). The forest is then assigned once, with the
-post-hoc rule (the config's similarity and tree), as for the post-hoc baseline.
+they get (measured, recorded as the run's l0).
+
+The forest is then assigned once, with the post-hoc rule (the config's similarity and tree),
+between *groups*: the latents prefix l adds (n_{l-1} <= i < n_l) get parents among the latents
+prefix l-1 added. A latent that level l inherits from level l-1 is the same latent in both,
+so it gets no parent: linked to itself (cosine 1, co-firing always) it would be a trivially
+perfect edge, and every hierarchy metric would count mostly those (with them, Hamming was ~1
+and 93% of WordNet-labelled edges "equal").
 
 A Matryoshka run is not resumable: a killed one trains again from the start. RUN/saelens/ keeps
 the SAE as SAELens saved it (`SAE.load_from_disk` reads it).
@@ -110,6 +116,13 @@ def to_levels(sae_dir: Path, sizes: list[int]) -> HSAE:
     return model
 
 
+def assign_forest(model: HSAE, cfg: TrainConfig) -> None:
+    """The post-hoc forest between the latents each prefix adds (see the module docstring)."""
+    sizes = model.sizes
+    new = [torch.arange(n) >= (sizes[l - 1] if l else 0) for l, n in enumerate(sizes)]
+    update_forest(model, cfg.similarity, "partial" if cfg.tree == "fixed" else cfg.tree, cfg.orphan_quantile, live=new)
+
+
 def train_matryoshka(base: TrainConfig, acts: str | Path, out: str | Path, progress: bool = True) -> int:
     """Train, convert and save a Matryoshka run in `out` (a finished one is left as it is)."""
     out = Path(out)
@@ -130,7 +143,7 @@ def train_matryoshka(base: TrainConfig, acts: str | Path, out: str | Path, progr
             model = to_levels(Path(tmp), cfg.levels)
             shutil.rmtree(out / SAELENS_DIR, ignore_errors=True)
             os.replace(tmp, out / SAELENS_DIR)  # the SAE as SAELens saved it, loadable by SAELens
-        update_forest(model, cfg.similarity, "partial" if cfg.tree == "fixed" else cfg.tree, cfg.orphan_quantile)
+        assign_forest(model, cfg)
         cfg.l0 = [round(v, 3) for v in mean_l0(model, store, store.split(cfg.holdout)[0])]
         import sae_lens
 
