@@ -92,14 +92,10 @@ def peak_memory_gib() -> dict:
     return out
 
 
-def saelens_step(c: dict, device: str = "cpu", dtype: str = "float32"):
-    """SAELens's step for the same levels: one JumpReLUTrainingSAE per level, forward + backward + Adam."""
-    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+def _sae_step(saes: list, coefficients: dict, dead, c: dict, device: str, dtype: str):
+    """One training step of SAELens SAEs on one random batch: forward + backward + Adam, each SAE in turn."""
     from sae_lens.saes.sae import TrainStepInput
 
-    torch.manual_seed(0)
-    saes = [JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=c["d"], d_sae=n, dtype="float32", device=device))
-            for n in c["levels"]]
     opts = [torch.optim.Adam(s.parameters(), lr=1e-6, betas=(0.0, 0.999)) for s in saes]
     x = torch.randn(c["batch"], c["d"], device=device)
     ctx = torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
@@ -107,8 +103,8 @@ def saelens_step(c: dict, device: str = "cpu", dtype: str = "float32"):
     def step():
         for sae, opt in zip(saes, opts):
             with ctx:
-                out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"l0": 1.0},
-                                                               dead_neuron_mask=None, n_training_steps=0,
+                out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients=coefficients,
+                                                               dead_neuron_mask=dead, n_training_steps=0,
                                                                is_logging_step=False))
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -116,30 +112,27 @@ def saelens_step(c: dict, device: str = "cpu", dtype: str = "float32"):
     return step
 
 
+def saelens_step(c: dict, device: str = "cpu", dtype: str = "float32"):
+    """SAELens's step for the same levels: one JumpReLUTrainingSAE per level, forward + backward + Adam."""
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
+    torch.manual_seed(0)
+    saes = [JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=c["d"], d_sae=n, dtype="float32", device=device))
+            for n in c["levels"]]
+    return _sae_step(saes, {"l0": 1.0}, None, c, device, dtype)
+
+
 def matryoshka_step(c: dict, device: str = "cpu", dtype: str = "float32"):
     """SAELens's Matryoshka BatchTopK SAE over the same widths (k = the target L0): forward + backward + Adam."""
     from sae_lens.saes.matryoshka_batchtopk_sae import (MatryoshkaBatchTopKTrainingSAE,
                                                         MatryoshkaBatchTopKTrainingSAEConfig)
-    from sae_lens.saes.sae import TrainStepInput
 
     torch.manual_seed(0)
     sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
         d_in=c["d"], d_sae=c["levels"][-1], matryoshka_widths=list(c["levels"]), k=c["l0"], dtype="float32",
         device=device))
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-6, betas=(0.0, 0.999))
-    x = torch.randn(c["batch"], c["d"], device=device)
     dead = torch.zeros(c["levels"][-1], dtype=torch.bool, device=device)
-    ctx = torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
-
-    def step():
-        with ctx:
-            out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients=sae.get_coefficients(),
-                                                           dead_neuron_mask=dead, n_training_steps=0,
-                                                           is_logging_step=False))
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-    return step
+    return _sae_step([sae], sae.get_coefficients(), dead, c, device, dtype)
 
 
 def run_one(name: str, mode: str, device: str = "cpu", dtype: str = "float32", compile: bool = False,
