@@ -109,3 +109,16 @@ def test_inherited_latents_get_no_parent_and_added_ones_link_to_the_previous_gro
         linked = p[sizes[l - 1]:]
         assert (linked >= 0).float().mean() >= 0.5  # the partial tree orphans the least similar 20%
         assert (linked[linked >= 0] >= (sizes[l - 2] if l >= 2 else 0)).all()  # a parent from the group before
+
+
+def test_seeds_of_a_matryoshka_config_form_one_group(ablation):
+    from hsae.eval.report import aggregate, read_eval
+
+    out = ablation / "ab"
+    assert main(["ablate", "--acts", str(ablation / "s"), "--variants", "matryoshka", "--seeds", "0,1", "--levels", "4,12,24",
+                 "--l0", "2", "--steps", "150", "--batch-size", "256", "--out", str(out), "--quiet"]) == 0
+    evals = {n: read_eval(out / n / "eval.json") for n in ("matryoshka", "matryoshka-s1")}
+    groups = aggregate(evals)  # by config: the config keeps the target L0, not each seed's measured one
+    assert list(groups) == ["matryoshka"] and groups["matryoshka"]["n"] == 2
+    info = json.loads((out / "matryoshka-s1" / "matryoshka.json").read_text())
+    assert evals["matryoshka-s1"]["config"]["l0"] == [2.0] and len(info["l0_training_rows"]) == 3

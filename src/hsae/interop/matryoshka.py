@@ -17,8 +17,9 @@ latents. SAELens saves the trained SAE as a JumpReLU SAE (threshold = the learnt
 threshold); its prefixes become our levels through the SAELens importer's own conversion
 (interop/saelens.py: decoder rows made unit-norm, the norm folded into encoder and threshold),
 so level l reconstructs exactly what SAELens's prefix of width n_l reconstructs. BatchTopK has
-one k for the whole dictionary: it is the last level's target L0, and the prefixes get the L0
-they get (measured, recorded as the run's l0).
+one k for the whole dictionary: it is the last level's target L0 (the run's config keeps that
+target), and the prefixes get the L0 they get (measured on the training rows, recorded in
+RUN/matryoshka.json as l0_training_rows; `hsae eval` measures it on the held-out rows).
 
 The forest is then assigned once, with the post-hoc rule (the config's similarity and tree),
 between *groups*: the latents prefix l adds (n_{l-1} <= i < n_l) get parents among the latents
@@ -144,11 +145,13 @@ def train_matryoshka(base: TrainConfig, acts: str | Path, out: str | Path, progr
             shutil.rmtree(out / SAELENS_DIR, ignore_errors=True)
             os.replace(tmp, out / SAELENS_DIR)  # the SAE as SAELens saved it, loadable by SAELens
         assign_forest(model, cfg)
-        cfg.l0 = [round(v, 3) for v in mean_l0(model, store, store.split(cfg.holdout)[0])]
+        l0 = [round(v, 3) for v in mean_l0(model, store, store.split(cfg.holdout)[0])]
         import sae_lens
 
+        # cfg.l0 stays the target (k): seeds of one Matryoshka config must share their config
         atomic_write(out / INFO, json.dumps({"sae_lens": sae_lens.__version__, "k": base.l0_targets[-1],
-                                             "widths": cfg.levels, "lr": cfg.lr, "train_seconds": seconds},
+                                             "widths": cfg.levels, "lr": cfg.lr, "train_seconds": seconds,
+                                             "l0_training_rows": l0},
                                             indent=2).encode())
         atomic_write(out / CONFIG, cfg.to_json().encode())
         save_model(model, out / MODEL, store.scale)
