@@ -99,15 +99,15 @@ def test_runs_on_one_store_share_the_models_pass_over_the_nouns(tmp_path):
     """`hsae ablate` evaluates several runs of one store: the model reads the nouns once, and each
     run's WordNet result is still its own."""
     from hsae.eval import evaluate_run
-    from hsae.eval.wordnet import cached_noun_activations
+    from hsae.eval.splice import cached_pass
     from tiny import build_tiny, collect_tiny, train_tiny
 
     build_tiny(tmp_path, docs=200)
     store = collect_tiny(tmp_path, 1, 1500, "acts")
     runs = [train_tiny(store, tmp_path / f"r{i}", "8,16", "2", 128, "--seed", str(i)) for i in range(2)]
-    cached_noun_activations.cache_clear()
+    cached_pass.cache_clear()
     evs = [evaluate_run(r, wordnet=True, chance_draws=1) for r in runs]
-    info = cached_noun_activations.cache_info()
+    info = cached_pass.cache_info()
     assert (info.misses, info.hits) == (1, 1)
     assert all(ev["wordnet"]["words"] > 1000 and len(ev["wordnet"]["levels"]) == 2 for ev in evs)
     assert evs[0]["wordnet"]["labels"] != evs[1]["wordnet"]["labels"] or \

@@ -25,8 +25,6 @@ the letter's probe score > 0); words are read after our PREFIX, not SAEBench's I
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -147,16 +145,6 @@ def word_activations(lm, tok, layer: int, ids: list[int], batch_size: int = 256)
     return torch.cat(out)
 
 
-@functools.lru_cache(maxsize=1)
-def cached_word_activations(spec: str, layer: int, ids: tuple[int, ...]) -> torch.Tensor:
-    """word_activations of model `spec`, kept for the next run evaluated on the same store (the
-    model's pass is most of an absorption evaluation's time). Raw scale; callers must not modify it."""
-    from .splice import cached_lm
-
-    lm, tok = cached_lm(spec)
-    return word_activations(lm, tok, layer, list(ids))
-
-
 def absorption_eval(x: torch.Tensor, letters: torch.Tensor, model: HSAE, seed: int = 0) -> dict:
     """Probe, main features and absorption per level from normalised word activations x [N, d]
     and first-letter labels (0..25); see the module docstring."""
@@ -193,7 +181,7 @@ def absorption_eval(x: torch.Tensor, letters: torch.Tensor, model: HSAE, seed: i
 def absorption_store(store, model: HSAE, limit: int = 6000, seed: int = 0) -> dict:
     """absorption_eval on the vocabulary of the model that made a collected store."""
     from ..config import UserError
-    from .splice import cached_lm
+    from .splice import cached_lm, cached_pass
 
     src = store.meta.get("source", {})
     if src.get("kind") != "model":
@@ -202,6 +190,6 @@ def absorption_store(store, model: HSAE, limit: int = 6000, seed: int = 0) -> di
     ids, words = letter_words(tok, limit, seed)
     if len(ids) < 100:
         raise UserError(f"{src['model']}: only {len(ids)} single-token words in the vocabulary; too few to probe")
-    x = cached_word_activations(src["model"], int(src["layer"]), tuple(ids)) * store.scale
+    x = cached_pass(word_activations, src["model"], int(src["layer"]), tuple(ids)) * store.scale
     letters = torch.tensor([LETTERS.index(w[0].lower()) for w in words])
     return absorption_eval(x, letters, model, seed)

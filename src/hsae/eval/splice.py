@@ -34,6 +34,15 @@ def cached_lm(spec: str):
     return load_model(spec)
 
 
+@functools.lru_cache(maxsize=2)
+def cached_pass(fn: Callable, spec: str, layer: int, items: tuple) -> torch.Tensor:
+    """fn(lm, tok, layer, list(items)) on model `spec`, kept: every run evaluated on one store reads
+    the same inputs (the WordNet nouns, the absorption words), and that model pass is most of such
+    an evaluation's time. Raw scale; callers must not modify the tensor."""
+    lm, tok = cached_lm(spec)
+    return fn(lm, tok, layer, list(items))
+
+
 def held_out_contexts(store: Store, rows: range, bos: int, ctx: int, limit: int) -> tuple[torch.Tensor, list[int]]:
     """Up to `limit` whole contexts [N, ctx] (BOS + stored tokens) inside `rows`, and their first rows.
 

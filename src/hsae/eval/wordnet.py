@@ -25,8 +25,6 @@ Definition (`hsae eval --wordnet`):
 
 from __future__ import annotations
 
-import functools
-
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,24 +213,16 @@ def noun_activations(lm, tok, layer: int, words: list[str], batch_size: int = 12
     return torch.cat(out)
 
 
-@functools.lru_cache(maxsize=1)
-def cached_noun_activations(spec: str, layer: int, words: tuple[str, ...]) -> torch.Tensor:
-    """noun_activations of model `spec`, kept: every run evaluated on one store reads the same nouns
-    (the model's pass is most of a WordNet evaluation's time). Raw scale; callers must not modify it."""
-    from .splice import cached_lm
-
-    lm, tok = cached_lm(spec)
-    return noun_activations(lm, tok, layer, list(words))
-
-
 def wordnet_store(store, model, chance_draws: int = 5, seed: int = 0, n_words: int = N_WORDS) -> dict:
     """wordnet_eval for a run whose store was collected from a model (its model and layer)."""
+    from .splice import cached_pass
+
     src = store.meta.get("source", {})
     if src.get("kind") != "model":
         raise UserError(f"{store.path}: --wordnet needs a store collected from a model")
     tax = read_taxonomy()
     nouns = common_nouns(n=n_words)
-    x = cached_noun_activations(src["model"], int(src["layer"]), tuple(w for w, _ in nouns)) * store.scale
+    x = cached_pass(noun_activations, src["model"], int(src["layer"]), tuple(w for w, _ in nouns)) * store.scale
     with torch.no_grad():
         fires = [lv.encode(x) > 0 for lv in model.levels]
     parents = [model.parent(l) for l in range(1, len(model.levels))]
