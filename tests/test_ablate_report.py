@@ -210,7 +210,10 @@ def _semantic(ev: dict, wn: float, probe: float, ce: list[float], absorb: list[f
 
 
 def test_side_by_side_shows_meaning_quality_and_time_with_spread_and_chance():
-    from hsae.eval.sidebyside import side_by_side
+    from hsae.eval.sidebyside import side_by_side as tables
+
+    def side_by_side(evals):
+        return tables(aggregate(evals))
 
     evals = {"m-s0": _semantic(_ev(1.0, 4.0, {"seed": 0}, 9.0), 0.3, 0.6, [0.8, 0.9], [0.1, 0.3], 1.0),
              "m-s1": _semantic(_ev(1.0, 4.0, {"seed": 1}, 9.0), 0.5, 0.6, [0.6, 0.7], [0.1, 0.1], 3.0),

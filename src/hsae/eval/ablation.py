@@ -94,5 +94,5 @@ def ablation_table(evals: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, g in groups.items():
         lines.append(f"| {name} | {g['n']} | " + " | ".join(metric_cells(g)) + f" | {PAPER_HAMMING.get(name, '')} |")
-    extra = side_by_side(evals, by="name")
+    extra = side_by_side(groups)
     return "\n".join(lines + ([""] + extra if extra else [])).rstrip()

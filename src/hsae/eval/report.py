@@ -75,7 +75,7 @@ def comparison_table(evals: dict[str, dict], paper: bool = True, per_run: bool =
         fams = ev["hierarchy"].get("children_per_parent", [])
         lines += [f"| {n} | {i} | {v['n_features']} | {v['l0']:.2f} | {v['var_explained']:.3f} | {v['dead_fraction']:.3f} | "
                   f"{family_cell(fams[i]) if i < len(fams) else '-'} |" for i, v in enumerate(ev["levels"])]
-    extra = side_by_side(evals, by="run" if per_run else "config") + _level_tables(evals)
+    extra = side_by_side(groups) + _level_tables(evals)
     return "\n".join(lines + ([""] + extra if extra else [])).rstrip()
 
 

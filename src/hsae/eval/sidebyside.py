@@ -9,12 +9,11 @@ least one run has it (`hsae eval --wordnet --probe --splice --absorption`).
 
 from __future__ import annotations
 
-from .groups import PER_LEVEL, SUMMARY, aggregate, with_chance
+from .groups import PER_LEVEL, SUMMARY, with_chance
 
 
-def side_by_side(evals: dict[str, dict], by: str = "config") -> list[str]:
-    """Markdown lines of the two side-by-side tables (empty where no run has any of their columns)."""
-    groups = aggregate(evals, by=by)
+def side_by_side(groups: dict[str, dict]) -> list[str]:
+    """Markdown lines of the two side-by-side tables of aggregate()'s groups (empty where no run has any of their columns)."""
     present = [c for c in SUMMARY if any(c[0] in g["columns"] for g in groups.values())]
     out = []
     if present:
@@ -23,7 +22,7 @@ def side_by_side(evals: dict[str, dict], by: str = "config") -> list[str]:
         out += [f"| {n} | {g['n']} | " + " | ".join(with_chance(g["columns"], k, ch, g["n"]) for k, _, ch in present) + " |"
                 for n, g in groups.items()]
         out.append("")
-    n_levels = max(len(ev["levels"]) for ev in evals.values()) if evals else 0
+    n_levels = max((int(c.split("@")[1]) + 1 for g in groups.values() for c in g["columns"] if "@" in c), default=0)
     keys = [(k, h) for k, h in PER_LEVEL if any(f"{k}@0" in g["columns"] for g in groups.values())]
     if keys and any(k in ("ce_loss_recovered", "absorption_rate") for k, _ in keys):
         head = ["model", "n", "level"] + [h for _, h in keys]
