@@ -19,6 +19,7 @@ from .model import HSAE
 
 CONFIG, MODEL, LOG, CHECKPOINT = "config.json", "model.safetensors", "train_log.jsonl", "checkpoint.safetensors"
 EXPLANATIONS = "explanations.json"  # `hsae explain`: {"LEVEL:ID": one line}
+MATRYOSHKA = "matryoshka.json"  # a Matryoshka run (interop/matryoshka.py): SAELens version, k, widths, time
 OLD_CHECKPOINT = "checkpoint.pt"  # hsae <= format 2 pickled its checkpoints; refused, never loaded
 
 

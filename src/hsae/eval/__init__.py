@@ -79,12 +79,11 @@ def train_time(run: str | Path, steps: int) -> dict | None:
     times on a shared machine: a rough figure, not a benchmark (bench/step.py is that)."""
     import json
 
-    from ..interop.matryoshka import INFO
-    from ..rundir import read_log
+    from ..rundir import MATRYOSHKA, read_log
 
     run = Path(run)
-    if (run / INFO).is_file():
-        info = json.loads((run / INFO).read_text())
+    if (run / MATRYOSHKA).is_file():
+        info = json.loads((run / MATRYOSHKA).read_text())
         return {"seconds_per_step": info["train_seconds"] / steps, "steps": steps}
     secs = [r["seconds"] for r in read_log(run) if isinstance(r.get("seconds"), (int, float))]
     if not secs:

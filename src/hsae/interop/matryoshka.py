@@ -49,10 +49,9 @@ from ..config import TrainConfig, UserError
 from ..data.store import Store
 from ..files import atomic_write, output_lock
 from ..model import HSAE, update_forest
-from ..rundir import CONFIG, MODEL, save_model
+from ..rundir import CONFIG, MATRYOSHKA, MODEL, save_model
 from .saelens import mean_l0, read_saelens, to_normalised
 
-INFO = "matryoshka.json"
 SAELENS_DIR = "saelens"  # RUN/saelens/: the trained SAE in SAELens's own inference format
 
 
@@ -149,7 +148,7 @@ def train_matryoshka(base: TrainConfig, acts: str | Path, out: str | Path, progr
         import sae_lens
 
         # cfg.l0 stays the target (k): seeds of one Matryoshka config must share their config
-        atomic_write(out / INFO, json.dumps({"sae_lens": sae_lens.__version__, "k": base.l0_targets[-1],
+        atomic_write(out / MATRYOSHKA, json.dumps({"sae_lens": sae_lens.__version__, "k": base.l0_targets[-1],
                                              "widths": cfg.levels, "lr": cfg.lr, "train_seconds": seconds,
                                              "l0_training_rows": l0},
                                             indent=2).encode())
