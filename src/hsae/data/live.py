@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .batches import _rng
+from .ordinary import ordinary_mask
 
 BUFFER_ROWS = 65536  # rows per chunk: the buffer holds about twice this many
 PIECE = 64  # contexts per call of rows_of: a closing stream stops between two of them
@@ -88,8 +89,6 @@ class RowFilter:
         """The ordinary rows of x [rows, d] (float32 in, self.dtype out); tokens [rows]."""
         with np.errstate(over="ignore"):  # overflow of the dtype is one of the things dropped
             y = x.astype(self.dtype)
-        from .ordinary import ordinary_mask
-
         n = np.linalg.norm(y.astype(np.float64), axis=1)
         return y[np.isfinite(n) & ordinary_mask(n, np.isin(tokens, self.special), self.outlier_norm)]
 
