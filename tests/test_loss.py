@@ -5,7 +5,8 @@ import torch
 
 import hsae.model.constraint as constraint_mod
 from hsae.model import HSAE, hsae_loss
-from hsae.model.constraint import constraint, sibling_cross, sibling_groups
+from hsae.model.constraint import sibling_cross, sibling_groups
+from hsae.model.couple import coupled_decodes
 from reference import dense_loss
 
 
@@ -59,21 +60,27 @@ def test_baseline_loss_is_independent_levels():
     assert out.loss.item() == pytest.approx(dense_loss(m, x, [0.1] * 3, 0.0, bandwidth=0.1).item(), rel=1e-10)
 
 
-def test_constraint_gradcheck_with_chunks(monkeypatch):
-    """The hand-written backward is the exact gradient, also when every loop runs in several chunks."""
+def test_coupled_node_gradcheck_with_chunks(monkeypatch):
+    """The one node's hand-written backward (decodes, swaps, constraints) is the exact gradient,
+    also when every constraint loop runs in several chunks."""
     monkeypatch.setattr(constraint_mod, "_CHUNK_FLOATS", 16)
     g = torch.Generator().manual_seed(0)
-    B, n_p, n_c, d = 6, 4, 12, 5
-    parent = torch.tensor([0, 0, 0, 1, 1, -1, 2, 2, 2, 2, -1, 0])  # parent 3 has no child
-    a_p = torch.randn(B, n_p, dtype=torch.float64, generator=g).relu().requires_grad_()
-    a_c = torch.randn(B, n_c, dtype=torch.float64, generator=g).relu().requires_grad_()
-    support = (a_c > 0) | (torch.rand(B, n_c, generator=g) < 0.2)  # some entries only in the kernel
-    W_p = torch.randn(n_p, d, dtype=torch.float64, generator=g, requires_grad=True)
-    W_c = torch.randn(n_c, d, dtype=torch.float64, generator=g, requires_grad=True)
-    # + 0 * sum: a dense path too, as every level's decode gives in the loss, so the sparse gradient of
-    # a_c is summed into a dense one (gradcheck refuses a sparse gradient of a dense leaf)
-    f = lambda ap, ac, wp, wc: constraint(ap, ac, support, wp, wc, parent) + 0 * ac.sum()  # noqa: E731
-    assert torch.autograd.gradcheck(f, (a_p, a_c, W_p, W_c), check_undefined_grad=False)
+    B, n, d = 6, (4, 12, 20), 5
+    parents = [None, torch.tensor([0, 0, 0, 1, 1, -1, 2, 2, 2, 2, -1, 0]),  # parent 3 has no child
+               torch.randint(-1, 12, (20,), generator=g)]
+    acts = [torch.randn(B, k, dtype=torch.float64, generator=g).relu().requires_grad_() for k in n]
+    supports = [(a > 0) | (torch.rand(a.shape, generator=g) < 0.2) for a in acts]  # some only in the kernel
+    W = [torch.randn(k, d, dtype=torch.float64, generator=g, requires_grad=True) for k in n]
+    b = [torch.randn(d, dtype=torch.float64, generator=g, requires_grad=True) for _ in n]
+    swap = [torch.tensor([True, False, True, True]), torch.rand(12, generator=g) < 0.5, None]
+
+    def f(*t):
+        outs, cons = coupled_decodes(list(t[:3]), list(t[3:6]), list(t[6:]), parents, supports, swap, 1.0,
+                                     torch.float64)
+        assert len(cons) == 2
+        return (*outs, *cons)
+
+    assert torch.autograd.gradcheck(f, (*acts, *W, *b))
 
 
 def test_sibling_cross_is_the_sum_over_same_group_pairs(monkeypatch):

@@ -11,12 +11,14 @@ threshold's pseudo-gradient lives): the middle one uses each child's cosine to i
 off-diagonal part is computed per (input, parent) group with at least two such children,
 in chunks, saving nothing of size [groups, d].
 
-One autograd Function does the whole pair with a hand-written backward: each input's
-gradient is built once, in place, instead of as a sum of one full-size tensor per gather
-(on a CPU those allocations and fills were most of the constraint's cost).
+The backward is hand-written and adds into gradient buffers it is given, in place
+(model/couple.py gives it each level's one dense gradient): a separate autograd node would
+hand the engine one more full-size tensor to sum per input, an allocation and a pass each.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -87,53 +89,63 @@ def _cosines(W_p, W_c, par) -> torch.Tensor:
     return s
 
 
-def sparse_grad(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    """A COO gradient of `shape` with values at distinct (rows, cols), in row-major order.
+@dataclass
+class ConstraintPlan:
+    """The index sets of one level pair's constraint for one batch (see `constraint_plan`)."""
 
-    Autograd adds it into the input's dense gradient in place (an index_add of its entries),
-    where a dense one would cost a full-size allocation, fill and sum.
-    """
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, is_coalesced=True,
-                                   check_invariants=False)
+    par: torch.Tensor  # [n_c] parent, -1 replaced by 0 (masked by `flat`)
+    has_child: torch.Tensor  # [n_p] 1.0 where the parent has a child
+    flat: torch.Tensor  # flat [B * n_c] indices of the children's support entries that have a parent
+    pflat: torch.Tensor  # flat [B * n_p] index of each entry's parent
+    cols: torch.Tensor  # each entry's child column
+    sib: torch.Tensor  # entries of one (input, parent) group of two or more, sorted by group
+    group: torch.Tensor  # their group index
 
 
-class _Constraint(torch.autograd.Function):
-    """t1 - 2 t2 + t3 of the module docstring, summed over the batch (see `constraint`)."""
+def constraint_plan(support_c: torch.Tensor, parent: torch.Tensor, n_p: int, dtype) -> ConstraintPlan:
+    """The index sets of the constraint: support_c [B, n_c] bool (active or in the threshold's
+    kernel, a superset of a_c != 0), parent [n_c] int64 (-1 = none)."""
+    n_c = support_c.shape[1]
+    has_parent = parent >= 0  # none (no forest yet): every term but t1 is empty, with no host read
+    par = parent.clamp_min(0)
+    has_child = torch.zeros(n_p, dtype=dtype, device=parent.device).index_add_(0, par, has_parent.to(dtype)) > 0
+    # The support's entries as flat indices: 1-D gathers and scatters are the cheapest there are.
+    flat = (support_c & has_parent).view(-1).nonzero().squeeze(1)
+    cols = flat % n_c
+    pflat = (flat // n_c) * n_p + parent[cols]
+    sib, group = sibling_groups(pflat)
+    return ConstraintPlan(par, has_child.to(dtype), flat, pflat, cols, sib, group)
 
-    @staticmethod
-    def forward(ctx, a_p, a_c, W_p, W_c, par, has_child, flat, pflat, cols, sib, group):
-        ctx.n_c = a_c.shape[1]
-        vals = a_c.reshape(-1).index_select(0, flat)
-        ap = a_p.reshape(-1).index_select(0, pflat)
-        se = _cosines(W_p, W_c, par).index_select(0, cols)
-        total = (a_p.square() * has_child).sum() - 2 * (ap * vals * se).sum() + vals.square().sum()
-        if sib.numel():
-            total += sibling_cross(vals[sib], W_c, cols[sib], group)
-        ctx.save_for_backward(a_p, a_c, W_p, W_c, par, has_child, flat, pflat, cols, sib, group, vals, ap, se)
-        return total
 
-    @staticmethod
-    def backward(ctx, g):
-        a_p, a_c, W_p, W_c, par, has_child, flat, pflat, cols, sib, group, vals, ap, se = ctx.saved_tensors
-        gv = (2 * g) * (vals - ap * se)
-        gW_c = torch.zeros_like(W_c)
-        if sib.numel():
-            gs = torch.zeros_like(vals[sib])
-            _sibling_cross_backward(vals[sib], W_c, cols[sib], group, g, gs, gW_c)
-            gv.index_add_(0, sib, gs)
-        # nonzero gave the entries distinct and in row-major order: a coalesced sparse gradient
-        ga_c = sparse_grad(flat // ctx.n_c, cols, gv, a_c.shape)
-        ga_p = a_p * ((2 * g) * has_child)
-        ga_p.view(-1).index_add_(0, pflat, (-2 * g) * vals * se)
-        # d/dW of t2 through each child's cosine to its parent
-        ds = W_c.new_zeros(W_c.shape[0])
-        ds.index_add_(0, cols, (-2 * g) * ap * vals)
-        gW_p = torch.zeros_like(W_p)
-        for r0, r1 in _row_chunks(*W_c.shape):
-            p, d = par[r0:r1], ds[r0:r1, None]
-            gW_c[r0:r1] += d * W_p.index_select(0, p)
-            gW_p.index_add_(0, p, d * W_c[r0:r1])
-        return ga_p, ga_c, gW_p, gW_c, *[None] * 7
+def constraint_sum(c: ConstraintPlan, a_p, a_c, W_p, W_c):
+    """(t1 - 2 t2 + t3 of the module docstring summed over the batch, what its backward needs)."""
+    vals = a_c.reshape(-1).index_select(0, c.flat)
+    ap = a_p.reshape(-1).index_select(0, c.pflat)
+    se = _cosines(W_p, W_c, c.par).index_select(0, c.cols)
+    total = (a_p.square() * c.has_child).sum() - 2 * (ap * vals * se).sum() + vals.square().sum()
+    if c.sib.numel():
+        total += sibling_cross(vals[c.sib], W_c, c.cols[c.sib], c.group)
+    return total, (vals, ap, se)
+
+
+def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, gW_p, gW_c) -> None:
+    """Add g times constraint_sum's gradient into the dense buffers ga_p, ga_c, gW_p, gW_c, in place."""
+    vals, ap, se = saved
+    gv = (2 * g) * (vals - ap * se)
+    if c.sib.numel():
+        gs = torch.zeros_like(vals[c.sib])
+        _sibling_cross_backward(vals[c.sib], W_c, c.cols[c.sib], c.group, g, gs, gW_c)
+        gv.index_add_(0, c.sib, gs)
+    ga_c.view(-1).index_add_(0, c.flat, gv)
+    ga_p.addcmul_(a_p, (2 * g) * c.has_child)
+    ga_p.view(-1).index_add_(0, c.pflat, (-2 * g) * vals * se)
+    # d/dW of t2 through each child's cosine to its parent
+    ds = W_c.new_zeros(W_c.shape[0])
+    ds.index_add_(0, c.cols, (-2 * g) * ap * vals)
+    for r0, r1 in _row_chunks(*W_c.shape):
+        p, d = c.par[r0:r1], ds[r0:r1, None]
+        gW_c[r0:r1] += d * W_p.index_select(0, p)
+        gW_p.index_add_(0, p, d * W_c[r0:r1])
 
 
 def sibling_groups(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,31 +163,3 @@ def sibling_groups(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     start = torch.ones_like(pos, dtype=torch.bool)
     start[1:] = ks[pos[1:]] != ks[pos[:-1]]
     return order[pos], torch.cumsum(start, 0) - 1
-
-
-def constraint(
-    a_p: torch.Tensor,
-    a_c: torch.Tensor,
-    support_c: torch.Tensor,
-    W_p: torch.Tensor,
-    W_c: torch.Tensor,
-    parent: torch.Tensor,
-) -> torch.Tensor:
-    """Batch mean of sum_i ||f_i - sum_{c in C(i)} f_c||^2 over parents i with children.
-
-    a_p [B, n_p], a_c [B, n_c]: activations; support_c [B, n_c] bool: where a_c is active or
-    its threshold gradient is nonzero (a superset of a_c != 0); parent [n_c] int64, -1 = none.
-    """
-    B, n_p = a_p.shape
-    n_c = a_c.shape[1]
-    has_parent = parent >= 0  # none (no forest yet): every term but t1 is empty, with no host read
-    par = parent.clamp_min(0)
-    has_child = a_p.new_zeros(n_p).index_add_(0, par, has_parent.to(a_p.dtype)) > 0
-    # The support's entries as flat indices: 1-D gathers and scatters are the cheapest there are.
-    flat = (support_c & has_parent).view(-1).nonzero().squeeze(1)
-    cols = flat % n_c
-    pflat = (flat // n_c) * n_p + parent[cols]
-    sib, group = sibling_groups(pflat)  # entries of one (input, parent) group of two or more
-    total = _Constraint.apply(a_p.contiguous(), a_c.contiguous(), W_p, W_c, par, has_child.to(a_p.dtype),
-                              flat, pflat, cols, sib, group)
-    return total / B

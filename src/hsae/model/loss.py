@@ -6,7 +6,8 @@ x~_l is level l's reconstruction with swapped parents replaced by their children
   x~_l = A_l W_l + b_dec_l + A_{l+1}[:, C(S)] W_{l+1}[C(S)] - A_l[:, S] W_l[S]
 where S are the swapped parents with children (one mask per step, shared by the batch) and
 C(S) their children (model/swap.py). The two corrections touch only ~r of the columns, so
-the swap costs ~r of a decode.
+the swap costs ~r of a decode. The decodes, swaps and constraints are one autograd node
+(model/couple.py), so each level's gradients are built once.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import Callable
 
 import torch
 
-from .constraint import constraint
+from .couple import coupled_decodes
 from .hsae import HSAE
 from .jumprelu import jumprelu_l0
-from .swap import swap_delta
 
 
 @dataclass
@@ -68,27 +68,6 @@ def encode_level(lv, x: torch.Tensor, bandwidth: float):
     return (h, *jumprelu_l0(h, lv.threshold, bandwidth))
 
 
-def _couplings(model: HSAE, acts, supports, swap, rho: float):
-    """Per level pair: the swap's correction to the parent level's decode (or None) and the constraint.
-
-    Built after every decode, constraints from the last pair to the first, then the swaps:
-    autograd runs later-built nodes first, and it sums a sparse gradient into a level's dense
-    one in place only when the sparse one arrives first (else it copies the dense one). This
-    order makes that the common case; the profile still shows a few copies per step
-    (bench/RESULTS.md), so the engine's order is not exactly the build order.
-    """
-    L = len(model.levels)
-    deltas, cons = [None] * L, [None] * (L - 1)
-    for l in reversed(range(L - 1)) if rho > 0 else ():
-        lv, child = model.levels[l], model.levels[l + 1]
-        cons[l] = constraint(acts[l], acts[l + 1], supports[l + 1], lv.W_dec, child.W_dec, model.parent(l + 1))
-    for l in range(L - 1):
-        if swap[l] is not None:
-            lv, child = model.levels[l], model.levels[l + 1]
-            deltas[l] = swap_delta(acts[l], acts[l + 1], lv.W_dec, child.W_dec, model.parent(l + 1), swap[l])
-    return deltas, [c for c in cons if c is not None]
-
-
 def hsae_loss(
     model: HSAE,
     x: torch.Tensor,
@@ -122,15 +101,14 @@ def hsae_loss(
         l0s_t.append(l0)
         supports.append(support)
 
-    decodes = [lv.decode(a) for lv, a in zip(model.levels, acts)]
-    deltas, cons = _couplings(model, acts, supports, swap, rho)
+    lv = model.levels
+    parents = [None] + [model.parent(l) for l in range(1, L)]
+    x_ts, cons = coupled_decodes(acts, [v.W_dec for v in lv], [v.b_dec for v in lv], parents, supports, swap,
+                                 rho, x.dtype)
     total = x.new_zeros(())
     mses, l0s, ghosts = [], [], []
     for l, lv in enumerate(model.levels):
-        x_t = decodes[l]
-        if deltas[l] is not None:
-            x_t = x_t + deltas[l].to(x_t.dtype)
-        x_t = x_t.to(x.dtype)
+        x_t = x_ts[l]
         mse = (x_t - x).square().sum(1).mean()
         l0 = l0s_t[l]
         total = total + mse + lambdas[l] * l0

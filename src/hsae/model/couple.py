@@ -1,0 +1,98 @@
+"""Every level's decode, the swaps and the constraints as one autograd node.
+
+A level's activations and decoder get gradients from up to five terms: its own decode, its
+swap as a parent, the swap of the level below it as a child, and the constraint as parent
+and as child. As separate autograd nodes, the engine sums those gradients itself, out of
+place whenever it cannot reuse a buffer: a full [B, n] or [n, d] allocation and pass each time
+(bench/RESULTS.md). In one node, the backward builds each level's gradients once, from the
+decode's dense products, and adds the couplings' sparse parts into them in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .constraint import ConstraintPlan, constraint_backward, constraint_plan, constraint_sum
+from .swap import swap_backward, swap_columns, swap_delta
+
+
+@dataclass
+class _Spec:
+    L: int
+    swaps: list  # per level l < L-1: (S, C) or None
+    cons: list  # per level pair: ConstraintPlan or None (rho = 0)
+    dtype: torch.dtype  # of the products (bf16 under autocast)
+    out_dtype: torch.dtype  # of the reconstructions (the input's)
+
+
+class _Coupled(torch.autograd.Function):
+    """(x~_0, ..., x~_{L-1}, constraint_0, ...) from (a_l..., W_l..., b_l...); see `coupled_decodes`."""
+
+    @staticmethod
+    def forward(ctx, spec: _Spec, *t):
+        L = spec.L
+        A, W, b = t[:L], t[L:2 * L], t[2 * L:]
+        Am, Wm = [a.to(spec.dtype) for a in A], [w.to(spec.dtype) for w in W]  # no copy in fp32
+        outs, swap_saved, cons, cons_saved = [], [], [], []
+        for l in range(L):
+            y = torch.addmm(b[l].to(spec.dtype), Am[l], Wm[l])
+            sw, saved = spec.swaps[l], None
+            if sw is not None:
+                delta, saved = swap_delta(sw, Am[l], Am[l + 1], Wm[l], Wm[l + 1])
+                y = y + delta
+            outs.append(y.to(spec.out_dtype))
+            swap_saved.append(saved)
+        B = A[0].shape[0]
+        for l, c in enumerate(spec.cons):
+            if c is not None:
+                total, saved = constraint_sum(c, A[l], A[l + 1], W[l], W[l + 1])
+                cons.append(total / B)
+                cons_saved.append(saved)
+        ctx.spec, ctx.swap_saved, ctx.cons_saved = spec, swap_saved, cons_saved
+        ctx.save_for_backward(*A, *W, *Am, *Wm)
+        return (*outs, *cons)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        spec = ctx.spec
+        L = spec.L
+        t = ctx.saved_tensors
+        A, W, Am, Wm = t[:L], t[L:2 * L], t[2 * L:3 * L], t[3 * L:]
+        g = [x.to(spec.dtype) for x in grads[:L]]
+        # each level's one dense gradient, from its decode; everything else is added in place
+        gA = [(g[l] @ Wm[l].t()).to(A[l].dtype) for l in range(L)]
+        gW = [(Am[l].t() @ g[l]).to(W[l].dtype) for l in range(L)]
+        gb = [grads[l].sum(0) for l in range(L)]
+        for l in range(L - 1):
+            if spec.swaps[l] is not None:
+                swap_backward(spec.swaps[l], ctx.swap_saved[l], g[l], gA[l], gA[l + 1], gW[l], gW[l + 1])
+        k = 0
+        for l, c in enumerate(spec.cons):
+            if c is not None:
+                gc = grads[L + k] / A[0].shape[0]
+                constraint_backward(c, ctx.cons_saved[k], gc, A[l], W[l], W[l + 1], gA[l], gA[l + 1], gW[l], gW[l + 1])
+                k += 1
+        return (None, *gA, *gW, *gb)
+
+
+def coupled_decodes(acts, W, b, parents, supports, swap, rho: float, out_dtype: torch.dtype):
+    """(x~_l per level [B, d] in out_dtype, batch-mean constraint per level pair (empty if rho = 0)).
+
+    acts[l] [B, n_l] activations, W[l] [n_l, d] unit-norm decoder rows, b[l] [d] decoder biases,
+    parents[l] (l >= 1) [n_l] int64 parent array (-1 = none; parents[0] is unused),
+    supports[l] bool [B, n_l] where a_l is active or its threshold gradient is nonzero,
+    swap[l] bool [n_l] of the parents swapped this step (None: none).
+    Under autocast the products run in its dtype; the constraint stays in the weights' dtype.
+    """
+    L = len(acts)
+    dev = W[0].device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else W[0].dtype
+    swaps = [swap_columns(parents[l + 1], swap[l]) if l < L - 1 and swap[l] is not None else None
+             for l in range(L)]
+    cons: list[ConstraintPlan | None] = [
+        constraint_plan(supports[l + 1], parents[l + 1], W[l].shape[0], W[l].dtype) if rho > 0 else None
+        for l in range(L - 1)]
+    out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype), *acts, *W, *b)
+    return list(out[:L]), list(out[L:])
