@@ -46,11 +46,16 @@ def _fake_stream(n_contexts=40, buffer_rows=60, batch=16, special=7, massive=(3,
 def test_one_pass_draws_every_ordinary_row_once_and_batches_mix_contexts():
     live, src = _fake_stream()
     n = live.n_chunks
-    windows = [live._load(g) for g in range(n)]
-    # windows 0..n-1 and the second half of the last chunk (drawn by window n): one pass
-    rows = [r for w in windows + [live._halves_of(n - 1)[1]] for r in map(tuple, w[:, :2].int().tolist())]
+    calls = []
+    rows_of = live.rows_of
+    live.rows_of = lambda cs: calls.append(len(cs)) or rows_of(cs)
+    windows = [live._load(g) for g in range(n + 1)]  # windows 0..n: one pass
+    rows = [r for w in windows for r in map(tuple, w[:, :2].int().tolist())]
     want = {(c, p) for c in range(src.train_contexts) for p in range(PER) if p != 4 and (c, p) != (3, 5)}
     assert len(rows) == len(set(rows)) and set(rows) == want  # each ordinary row once; special, massive never
+    assert sum(calls) == src.train_contexts  # and each context's forward pass once
+    again = live._load(n + 1)  # the next pass: the same rows in another order
+    assert set(map(tuple, again[:, :2].int().tolist())) <= want and not torch.equal(again, windows[0])
     # batches are the windows cut in order
     x = torch.cat([live.batch(s) for s in range(sum(len(w) for w in windows) // live.B)])
     assert torch.equal(x, torch.cat(windows)[:len(x)])

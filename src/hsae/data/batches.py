@@ -54,6 +54,7 @@ class BatchStream:
         self._pool: ThreadPoolExecutor | None = None  # set by read_ahead()
         self._readers: ThreadPoolExecutor | None = None
         self._ahead: tuple[tuple[int, int], Future] | None = None
+        self._end_row: int | None = None  # set by read_ahead()
 
     @property
     def d(self) -> int:
@@ -74,8 +75,10 @@ class BatchStream:
             self._epoch_cache = (e, order, np.concatenate([[0], np.cumsum(wsizes)]))
         return self._epoch_cache[1], self._epoch_cache[2]
 
-    def read_ahead(self) -> None:
-        """From now on, read the window after the one in use in a background thread."""
+    def read_ahead(self, end_step: int | None = None) -> None:
+        """From now on, read the window after the one in use in a background thread, unless it
+        starts at or past the batch of end_step."""
+        self._end_row = None if end_step is None else end_step * self.B
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="hsae-window")
             # reading and converting a block releases the GIL for most of its time
@@ -118,9 +121,11 @@ class BatchStream:
                 data = self._load(e, w, self._epoch(e)[0])
             self._ahead = None
             self._window_cache = ((e, w), data)
-            if self._pool is not None:
-                n_windows = len(self._epoch(e)[1]) - 1
-                ne, nw = (e, w + 1) if w + 1 < n_windows else (e + 1, 0)
+            starts = self._epoch(e)[1]
+            n_windows = len(starts) - 1
+            ne, nw = (e, w + 1) if w + 1 < n_windows else (e + 1, 0)
+            nrow = e * self.n + int(starts[w + 1])  # the run's row where (ne, nw) starts
+            if self._pool is not None and (self._end_row is None or nrow < self._end_row):
                 # the next epoch's block order is computed here, so the pool touches no cache
                 order = self._epoch(e)[0] if ne == e else _rng(self.seed, ne).permutation(self.nblocks)
                 self._ahead = ((ne, nw), self._pool.submit(self._load, ne, nw, order))
@@ -149,21 +154,23 @@ class Prefetcher:
     pinned for a fast copy to the GPU when pin=True. Steps are produced in order from the
     first one asked for; asking for another step restarts the thread there. Errors in the
     thread (a corrupt shard) are raised by get(). The stream must not be used by anyone else
-    once get() has been called.
+    once get() has been called. With `end`, no step from `end` on is prepared (nor a window
+    that only such steps would use); get() reads such a step itself.
     """
 
-    def __init__(self, stream: BatchStream, lo: int = 0, hi: int | None = None, depth: int = 4, pin: bool = False):
+    def __init__(self, stream: BatchStream, lo: int = 0, hi: int | None = None, depth: int = 4, pin: bool = False,
+                 end: int | None = None):
         self.stream, self.lo, self.hi = stream, lo, stream.B if hi is None else hi
-        self.depth, self.pin = max(1, depth), pin
+        self.depth, self.pin, self.end = max(1, depth), pin, end
         self._next: int | None = None
         self._q: queue.Queue | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        stream.read_ahead()
+        stream.read_ahead(end)
 
     def _work(self, start: int, q: queue.Queue, stop: threading.Event) -> None:
         step = start
-        while not stop.is_set():
+        while not stop.is_set() and (self.end is None or step < self.end):
             try:
                 x = self.stream.batch(step, self.lo, self.hi)
                 item = (step, x.pin_memory() if self.pin else x)
@@ -190,6 +197,10 @@ class Prefetcher:
 
     def get(self, step: int) -> torch.Tensor:
         """This rank's part of the batch of `step`."""
+        if self.end is not None and step >= self.end:  # past the planned steps: read it here
+            self._stop_thread()
+            self._next = None
+            return self.stream.batch(step, self.lo, self.hi)
         if self._next != step:
             self._start(step)
         s, x = self._q.get()

@@ -1,13 +1,15 @@
 """Training batches from a live model's forward passes: no activation store on disk.
 
-The corpus's packed contexts are cut into chunks of `buffer_rows // (ctx - 1)` contexts.
+The corpus's packed contexts are cut into n chunks of `buffer_rows // (ctx - 1)` contexts.
 Each chunk's rows (the same rows `hsae collect` would store, rounded to the same dtype, minus
 the rows kept out of training: special tokens, massive activations, non-finite rows) are
-permuted and split in two halves. Window g is the second half of chunk g-1 plus the first
-half of chunk g, permuted again; batches are cut from the windows in order. So the shuffle
-buffer holds about two chunks (2 x buffer_rows rows), and a batch mixes rows of about
-2 x buffer_rows / (ctx - 1) contexts, like SAELens's activation buffer (refilled by half and
-shuffled). Past the last chunk the stream starts the corpus again with new permutations.
+permuted and split in two halves. A pass over the corpus is n + 1 windows: window k is the
+second half of chunk k-1 plus the first half of chunk k (window 0 and window n have one half
+each), permuted again; batches are cut from the windows in order. So the shuffle buffer holds
+about two chunks (2 x buffer_rows rows), a batch mixes rows of about 2 x buffer_rows / (ctx - 1)
+contexts, like SAELens's activation buffer (refilled by half and shuffled), and one pass runs
+every chunk's forward passes exactly once: a run of one pass costs the model what `hsae
+collect` costs it. The next pass starts the corpus again with new permutations.
 
 Everything is a function of (source, seed, chunk index), so a resumed run needs only the
 position of its next batch (window, offset: saved in the checkpoint) and recomputes the two
@@ -116,6 +118,7 @@ class LiveStream:
         self._ahead: tuple[int, Future] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._pos: dict[int, tuple[int, int]] = {0: (0, 0)}
+        self._end_row: int | None = None  # no window starting at or past this row is read ahead
         self._lock = threading.Lock()
         self._closing = threading.Event()
 
@@ -136,16 +139,16 @@ class LiveStream:
         self._ctx_iter = (b, it) if b < self.n_contexts else None
         return out
 
-    def _halves_of(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Chunk g's ordinary rows, permuted, as (first half, second half)."""
-        if g not in self._halves:
-            contexts = self._chunk_contexts(g)
+    def _halves_of(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chunk c's ordinary rows (c counts on over passes), permuted, as (first half, second half)."""
+        if c not in self._halves:
+            contexts = self._chunk_contexts(c)
             x = self._rows(contexts)
-            x = torch.from_numpy(x)[torch.from_numpy(_rng(self.seed, 1, g).permutation(len(x)))]
+            x = torch.from_numpy(x)[torch.from_numpy(_rng(self.seed, 1, c).permutation(len(x)))]
             h = len(x) // 2
-            self._halves = {k: v for k, v in self._halves.items() if k >= g - 1}  # g-1's second half is in use
-            self._halves[g] = (x[:h], x[h:])
-        return self._halves[g]
+            self._halves = {k: v for k, v in self._halves.items() if k >= c - 1}  # c-1's second half is in use
+            self._halves[c] = (x[:h], x[h:])
+        return self._halves[c]
 
     def _rows(self, contexts: list) -> np.ndarray:
         """The ordinary rows of the contexts, PIECE contexts per forward call (so closing is quick)."""
@@ -157,8 +160,10 @@ class LiveStream:
         return np.concatenate(out)
 
     def _load(self, g: int) -> torch.Tensor:
-        """Window g: chunk g-1's second half and chunk g's first half, permuted."""
-        parts = ([self._halves_of(g - 1)[1]] if g else []) + [self._halves_of(g)[0]]
+        """Window g, k-th of its pass: chunk k-1's second half and chunk k's first half, permuted."""
+        p, k = divmod(g, self.n_chunks + 1)
+        c = p * self.n_chunks + k
+        parts = ([self._halves_of(c - 1)[1]] if k else []) + ([self._halves_of(c)[0]] if k < self.n_chunks else [])
         x = torch.cat(parts)
         if len(x) == 0:
             from ..config import UserError
@@ -166,7 +171,9 @@ class LiveStream:
             raise UserError("the live stream has no ordinary rows (every row is a special token or massive)")
         return x[torch.from_numpy(_rng(self.seed, 2, g).permutation(len(x)))]
 
-    def _get_window(self, g: int) -> torch.Tensor:
+    def _get_window(self, g: int, start_row: int) -> torch.Tensor:
+        """Window g, which starts at row start_row of the run; the next one (starting len(window)
+        rows later) is read ahead unless that is past the end."""
         if self._window is None or self._window[0] != g:
             if self._ahead is not None and self._ahead[0] == g:
                 x = self._ahead[1].result()
@@ -176,13 +183,15 @@ class LiveStream:
                 x = self._load(g)
             self._ahead = None
             self._window = (g, x)
-            if self._pool is not None:
+            if self._pool is not None and (self._end_row is None or start_row + len(x) < self._end_row):
                 self._ahead = (g + 1, self._pool.submit(self._load, g + 1))
         return self._window[1]
 
     # ---- the BatchStream interface -------------------------------------------------------
-    def read_ahead(self) -> None:
-        """From now on, compute the next window in a background thread."""
+    def read_ahead(self, end_step: int | None = None) -> None:
+        """From now on, compute the next window in a background thread, unless it would start at
+        or past the batch of end_step (a run's last window costs no forward passes it never uses)."""
+        self._end_row = None if end_step is None else end_step * self.B
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="hsae-live")
 
@@ -217,7 +226,7 @@ class LiveStream:
             g, off = self._pos[step]
         need, out = self.B, []
         while need:
-            w = self._get_window(g)
+            w = self._get_window(g, step * self.B + (self.B - need) - off)
             take = min(need, len(w) - off)
             out.append(w[off:off + take])
             need -= take

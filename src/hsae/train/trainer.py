@@ -91,7 +91,7 @@ class Trainer:
         part = cfg.batch_size // self.dist.world
         depth = min(PREFETCH_BATCHES, PREFETCH_BYTES // (part * self.stream.d * 4))
         self.batches = Prefetcher(self.stream, self.dist.rank * part, (self.dist.rank + 1) * part, depth,
-                                  pin=dev.type == "cuda")
+                                  pin=dev.type == "cuda", end=cfg.steps)
         # Built on the CPU from the seed, then moved: the same initial weights on every device.
         self.model = HSAE(self.stream.d, cfg.levels, cfg.threshold_init, seed=cfg.seed).to(dev)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.0, 0.995), fused=dev.type == "cuda")
