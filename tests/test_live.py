@@ -12,6 +12,7 @@ import torch
 
 from hsae.cli import main
 from hsae.data import Store
+from hsae.data.batches import Prefetcher
 from hsae.data.live import LiveStream, RowFilter, StreamSource
 from tiny import build_tiny
 
@@ -63,6 +64,24 @@ def test_one_pass_draws_every_ordinary_row_once_and_batches_mix_contexts():
     # one or two documents, as 16 consecutive rows would
     assert live.per_chunk == 4
     assert np.mean([len(set(b[:, 0].tolist())) for b in x.split(live.B)]) > 0.8 * 2 * live.per_chunk
+
+
+def test_a_run_of_one_pass_runs_each_forward_pass_once():
+    """Reading ahead stops at the run's end: the next pass's first chunk is not computed for nothing."""
+    live, src = _fake_stream()
+    calls = []
+    rows_of = live.rows_of
+    live.rows_of = lambda cs: calls.append(len(cs)) or rows_of(cs)
+    ordinary = src.train_contexts * (PER - 1) - 1  # the special token of each context, one massive row
+    steps = ordinary // live.B
+    pre = Prefetcher(live, end=steps)
+    for s in range(steps):
+        pre.get(s)
+    pre.close()
+    assert sum(calls) == src.train_contexts
+    ref, _ = _fake_stream()
+    want = [ref.batch(s) for s in range(steps + 1)]
+    assert torch.equal(pre.get(steps), want[steps])  # a step past the end is still served, read in get()
 
 
 def test_a_stream_sought_to_a_saved_position_continues_identically():
