@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hsae.cli import ONE_PASS
+
 
 def _run(cmd: list[str]) -> float:
     t0 = time.perf_counter()
@@ -47,10 +49,9 @@ def main():
     if a.rounds < 1:
         p.error("--rounds must be at least 1")
     held = max(1, round(0.05 * a.tokens))
-    # one pass: a pass holds ~4% fewer rows than tokens (each context's position 0, special tokens
-    # and massive rows are dropped), and a step past it costs the streaming route a new chunk of
-    # forward passes where the store route re-reads rows it already has
-    steps = max(1, int(0.95 * (a.tokens - held)) // 1024)
+    # one pass, as `hsae train --model` defaults to: a step past it would cost the streaming route a
+    # new chunk of forward passes where the store route re-reads rows it already has
+    steps = max(1, int(ONE_PASS * (a.tokens - held)) // 1024)
     common = ["--levels", a.levels, "--l0", a.l0, "--steps", str(steps), "--device", a.device]
     two, live, sizes = [], [], {}
     for r in range(a.rounds):

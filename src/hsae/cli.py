@@ -168,6 +168,9 @@ def cmd_train(a) -> int:
                       compile=a.compile)
 
 
+ONE_PASS = 0.95  # of a streaming run's training tokens: the default --steps trains on this many rows
+
+
 def _stream_source(a, cfg: TrainConfig):
     """The StreamSource of `hsae train --model`; sets one pass over the tokens as the default --steps."""
     from .data.live import StreamSource
@@ -179,7 +182,9 @@ def _stream_source(a, cfg: TrainConfig):
     src = StreamSource(model=a.model, layer=a.layer, corpus=a.corpus, tokens=a.tokens, heldout_tokens=held,
                        ctx=a.ctx, seed=a.corpus_seed, buffer_rows=a.buffer_rows)
     if a.steps is None and not a.config:
-        cfg.steps = max(1, (src.tokens - src.heldout_tokens) // cfg.batch_size)
+        # ~4% of the rows are not trained on (special tokens, massive rows): a step past the pass's
+        # last row would cost a new chunk of forward passes, so one pass is 95% of the tokens
+        cfg.steps = max(1, int(ONE_PASS * (src.tokens - src.heldout_tokens)) // cfg.batch_size)
     return src
 
 
