@@ -42,7 +42,15 @@ def swap_backward(cols, saved, g, ga_p, ga_c, gW_p, gW_c) -> None:
     S, C = cols
     AC, WC, AS, WS = saved
     g = g.to(WC.dtype)
-    ga_c.index_add_(1, C, (g @ WC.t()).to(ga_c.dtype))
-    ga_p.index_add_(1, S, (g @ WS.t()).to(ga_p.dtype), alpha=-1)
+    _add_columns(ga_c, C, (g @ WC.t()).to(ga_c.dtype))
+    _add_columns(ga_p, S, (g @ WS.t()).to(ga_p.dtype), alpha=-1)
     gW_c.index_add_(0, C, (AC.t() @ g).to(gW_c.dtype))
     gW_p.index_add_(0, S, (AS.t() @ g).to(gW_p.dtype), alpha=-1)
+
+
+def _add_columns(buf: torch.Tensor, cols: torch.Tensor, src: torch.Tensor, alpha: float = 1) -> None:
+    """buf[:, cols] += alpha * src, as one 1-D index_add over flat indices (on a CPU, index_add_
+    along dim 1 walks the columns one strided slice at a time)."""
+    B, n = buf.shape
+    flat = (torch.arange(B, device=cols.device)[:, None] * n + cols[None, :]).view(-1)
+    buf.view(-1).index_add_(0, flat, src.reshape(-1), alpha=alpha)
