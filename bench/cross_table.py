@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from hsae.eval.groups import aggregate
+from hsae.eval.groups import SEED_SUFFIX, aggregate, cell, stats
 from hsae.eval.report import metric_cells, metric_headers, read_eval
 
 CELL = re.compile(r"^(?P<model>.+)-L(?P<layer>\d+)$")
@@ -31,6 +31,29 @@ def cells(root: Path) -> dict[tuple[str, int], dict[str, dict]]:
     return dict(sorted(out.items()))
 
 
+def families(root: Path) -> dict[tuple[str, int], dict[str, dict]]:
+    """{(model, layer): {method: {"dead", "largest", "ratio": stats}}}: dead fraction (mean over levels),
+    largest family, and the largest family over its level's mean family (the worst parent level),
+    per group of seeds."""
+    out = {}
+    for d in sorted(root.iterdir()):
+        m = CELL.match(d.name)
+        per = {}
+        for p in sorted((d / "runs").glob("*/eval.json")) if m else ():
+            ev = read_eval(p)
+            hists = ev["hierarchy"].get("children_per_parent", [])
+            tops = [max((i for i, c in enumerate(h) if c), default=0) for h in hists]  # h[i]: parents with i children
+            means = [sum(i * c for i, c in enumerate(h)) / max(1, sum(h[1:])) for h in hists]
+            dead = [lv["dead_fraction"] for lv in ev["levels"] if "dead_fraction" in lv]
+            v = per.setdefault(SEED_SUFFIX.sub("", p.parent.name), {"dead": [], "largest": [], "ratio": []})
+            v["dead"].append(sum(dead) / max(1, len(dead)))
+            v["largest"].append(max(tops, default=0))
+            v["ratio"].append(max((t / mu for t, mu in zip(tops, means) if mu), default=float("nan")))
+        if per:
+            out[(m["model"], int(m["layer"]))] = {n: {k: stats(x) for k, x in v.items()} for n, v in per.items()}
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path, help="the RUNS_DIR of bench/cross_model.sh")
@@ -45,6 +68,12 @@ def main():
             rel = f"{100 * (ham / base - 1):+.1f}%" if base and name != "post-hoc" else ""
             lines.append(f"| {model} | {layer} | {name} | {g['n']} | " + " | ".join(metric_cells(g)) + f" | {rel} |")
     print("\n".join(lines))
+    fam = families(a.root)
+    print("\n| model | layer | method | dead (mean over levels) | largest family | largest / mean family (worst level) |")
+    print("|---|---|---|---|---|---|")
+    for (model, layer), groups in fam.items():
+        for name, g in groups.items():
+            print(f"| {model} | {layer} | {name} | {cell(g['dead'])} | {cell(g['largest'])} | {cell(g['ratio'])} |")
     finite = {f"{m}-L{l}": {n: {"n": g["n"], **{c: {k: v if v == v else None for k, v in s.items()}  # NaN: null
                                               for c, s in g["columns"].items()}} for n, g in gs.items()}
               for (m, l), gs in table.items()}
