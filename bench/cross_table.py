@@ -51,7 +51,7 @@ def families(root: Path) -> dict[tuple[str, int], dict[str, dict]]:
             v["ratio"].append(max((t / mu for t, mu in zip(tops, means) if mu), default=float("nan")))
         if per:
             out[(m["model"], int(m["layer"]))] = {n: {k: stats(x) for k, x in v.items()} for n, v in per.items()}
-    return out
+    return dict(sorted(out.items()))
 
 
 def main():
