@@ -9,9 +9,11 @@ Embedded models come from PyPI packages, never from a hub at run time:
 
 Both are dequantised to float32 on load. Gemma's chunks are joined once into the user's cache
 (HSAE_CACHE, else $XDG_CACHE_HOME/hsae, else ~/.cache/hsae) and the file's sha256 is checked
-against the package's. Reading Gemma's GGUF takes about a minute (transformers parses its 262k-token
-vocabulary three times), so the first load also saves the dequantised model and its tokenizer
-there as a plain safetensors directory, which later loads read in seconds.
+against the package's. Reading a GGUF is slow (transformers parses the vocabulary three times:
+about a minute for Gemma's 262k tokens, ~30 s for SmolLM2's), so the first load of either model
+saves the dequantised model and its tokenizer there as a plain safetensors directory, which
+later loads read in seconds. The copy gives the same token ids, residuals and logits as the GGUF
+(checked bit for bit on both).
 
 Layers are blocks, numbered from 0: `--layer L` is the residual stream after block L (the
 output of hidden_states[L + 1] in transformers' numbering). Both models get a BOS token at
@@ -153,11 +155,8 @@ def load_model(spec: str, device: str | torch.device = "cpu"):
     hf_logging.disable_progress_bar()  # a second of loading needs no bars of its own (and --quiet means quiet)
     kw: dict = {"local_files_only": True}
     wkw: dict = {"use_safetensors": True}  # never a pickled pytorch_model.bin: loading must not run code
-    if spec == "gemma3-270m":
+    if spec in EMBEDDED:
         spec = str(_converted(spec, embedded_gguf(spec)))
-    elif spec in EMBEDDED:
-        gguf = embedded_gguf(spec)
-        spec, kw, wkw = str(gguf.parent), {"gguf_file": gguf.name}, {}  # GGUF: dequantised to float32 on load
     try:
         tok = AutoTokenizer.from_pretrained(spec, **kw)
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32, **kw, **wkw)
