@@ -22,7 +22,7 @@ from .swap import swap_backward, swap_columns, swap_delta
 class _Spec:
     L: int
     swaps: list  # per level l < L-1: (S, C) or None
-    cons: list  # per level pair: ConstraintPlan or None (rho = 0)
+    cons: list  # per level pair: its ConstraintPlan (empty: rho = 0, no constraint)
     dtype: torch.dtype  # of the products (bf16 under autocast)
     out_dtype: torch.dtype  # of the reconstructions (the input's)
 
@@ -46,10 +46,9 @@ class _Coupled(torch.autograd.Function):
             swap_saved.append(saved)
         B = A[0].shape[0]
         for l, c in enumerate(spec.cons):
-            if c is not None:
-                total, saved = constraint_sum(c, A[l], A[l + 1], W[l], W[l + 1])
-                cons.append(total / B)
-                cons_saved.append(saved)
+            total, saved = constraint_sum(c, A[l], A[l + 1], W[l], W[l + 1])
+            cons.append(total / B)
+            cons_saved.append(saved)
         ctx.spec, ctx.swap_saved, ctx.cons_saved = spec, swap_saved, cons_saved
         ctx.save_for_backward(*A, *W, *Am, *Wm)
         return (*outs, *cons)
@@ -68,12 +67,9 @@ class _Coupled(torch.autograd.Function):
         for l in range(L - 1):
             if spec.swaps[l] is not None:
                 swap_backward(spec.swaps[l], ctx.swap_saved[l], g[l], gA[l], gA[l + 1], gW[l], gW[l + 1])
-        k = 0
         for l, c in enumerate(spec.cons):
-            if c is not None:
-                gc = grads[L + k] / A[0].shape[0]
-                constraint_backward(c, ctx.cons_saved[k], gc, A[l], W[l], W[l + 1], gA[l], gA[l + 1], gW[l], gW[l + 1])
-                k += 1
+            gc = grads[L + l] / A[0].shape[0]
+            constraint_backward(c, ctx.cons_saved[l], gc, A[l], W[l], W[l + 1], gA[l], gA[l + 1], gW[l], gW[l + 1])
         return (None, *gA, *gW, *gb)
 
 
@@ -91,8 +87,7 @@ def coupled_decodes(acts, W, b, parents, supports, swap, rho: float, out_dtype: 
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else W[0].dtype
     swaps = [swap_columns(parents[l + 1], swap[l]) if l < L - 1 and swap[l] is not None else None
              for l in range(L)]
-    cons: list[ConstraintPlan | None] = [
-        constraint_plan(supports[l + 1], parents[l + 1], W[l].shape[0], W[l].dtype) if rho > 0 else None
-        for l in range(L - 1)]
+    cons: list[ConstraintPlan] = [constraint_plan(supports[l + 1], parents[l + 1], W[l].shape[0], W[l].dtype)
+                                  for l in range(L - 1)] if rho > 0 else []
     out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype), *acts, *W, *b)
     return list(out[:L]), list(out[L:])

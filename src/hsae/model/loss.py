@@ -101,10 +101,10 @@ def hsae_loss(
         l0s_t.append(l0)
         supports.append(support)
 
-    lv = model.levels
+    levels = model.levels
     parents = [None] + [model.parent(l) for l in range(1, L)]
-    x_ts, cons = coupled_decodes(acts, [v.W_dec for v in lv], [v.b_dec for v in lv], parents, supports, swap,
-                                 rho, x.dtype)
+    x_ts, cons = coupled_decodes(acts, [v.W_dec for v in levels], [v.b_dec for v in levels], parents, supports,
+                                 swap, rho, x.dtype)
     total = x.new_zeros(())
     mses, l0s, ghosts = [], [], []
     for l, lv in enumerate(model.levels):
