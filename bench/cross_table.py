@@ -15,50 +15,41 @@ import re
 from pathlib import Path
 
 from hsae.eval.groups import SEED_SUFFIX, aggregate, cell, stats
-from hsae.eval.report import metric_cells, metric_headers, read_eval
+from hsae.eval.report import family_sizes, metric_cells, metric_headers, read_eval
 
 CELL = re.compile(r"^(?P<model>.+)-L(?P<layer>\d+)$")
 
 
-def cells(root: Path) -> dict[tuple[str, int], dict[str, dict]]:
-    """{(model, layer): {method: aggregate group}} for every cell directory with evaluated runs."""
-    out = {}
+def _evals(root: Path):
+    """Yield ((model, layer), {run name: eval dict}) for every cell directory with evaluated runs."""
     for d in sorted(root.iterdir()):
         m = CELL.match(d.name)
         evs = {p.parent.name: read_eval(p) for p in sorted((d / "runs").glob("*/eval.json"))} if m else {}
         if evs:
-            out[(m["model"], int(m["layer"]))] = aggregate(evs, by="name")
-    return dict(sorted(out.items()))
+            yield (m["model"], int(m["layer"])), evs
 
 
-def families(root: Path) -> dict[tuple[str, int], dict[str, dict]]:
-    """{(model, layer): {method: {"dead", "largest", "ratio": stats}}}: dead fraction (mean over levels),
-    largest family, and the largest family over its level's mean family (the worst parent level),
-    per group of seeds."""
-    out = {}
-    for d in sorted(root.iterdir()):
-        m = CELL.match(d.name)
-        per = {}
-        for p in sorted((d / "runs").glob("*/eval.json")) if m else ():
-            ev = read_eval(p)
-            hists = ev["hierarchy"].get("children_per_parent", [])
-            tops = [max((i for i, c in enumerate(h) if c), default=0) for h in hists]  # h[i]: parents with i children
-            means = [sum(i * c for i, c in enumerate(h)) / max(1, sum(h[1:])) for h in hists]
-            dead = [lv["dead_fraction"] for lv in ev["levels"] if "dead_fraction" in lv]
-            v = per.setdefault(SEED_SUFFIX.sub("", p.parent.name), {"dead": [], "largest": [], "ratio": []})
-            v["dead"].append(sum(dead) / max(1, len(dead)))
-            v["largest"].append(max(tops, default=0))
-            v["ratio"].append(max((t / mu for t, mu in zip(tops, means) if mu), default=float("nan")))
-        if per:
-            out[(m["model"], int(m["layer"]))] = {n: {k: stats(x) for k, x in v.items()} for n, v in per.items()}
-    return dict(sorted(out.items()))
+def families(evs: dict[str, dict]) -> dict[str, dict]:
+    """{method: {"dead", "largest", "ratio": stats}} over a cell's runs, per group of seeds: dead
+    fraction (mean over levels), largest family, and the largest family over its level's mean
+    family (the worst parent level)."""
+    per = {}
+    for name, ev in evs.items():
+        sizes = [fs for fs in map(family_sizes, ev["hierarchy"].get("children_per_parent", [])) if fs]
+        dead = [lv["dead_fraction"] for lv in ev["levels"] if "dead_fraction" in lv]
+        v = per.setdefault(SEED_SUFFIX.sub("", name), {"dead": [], "largest": [], "ratio": []})
+        v["dead"].append(sum(dead) / max(1, len(dead)))
+        v["largest"].append(max((top for top, _ in sizes), default=0))
+        v["ratio"].append(max((top / mean for top, mean in sizes), default=float("nan")))
+    return {n: {k: stats(x) for k, x in v.items()} for n, v in per.items()}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("root", type=Path, help="the RUNS_DIR of bench/cross_model.sh")
     a = p.parse_args()
-    table = cells(a.root)
+    evals = dict(sorted(_evals(a.root)))
+    table = {key: aggregate(evs, by="name") for key, evs in evals.items()}
     head = ["model", "layer", "method", "seeds", *metric_headers(), "Hamming vs post-hoc"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for (model, layer), groups in table.items():
@@ -68,11 +59,10 @@ def main():
             rel = f"{100 * (ham / base - 1):+.1f}%" if base and name != "post-hoc" else ""
             lines.append(f"| {model} | {layer} | {name} | {g['n']} | " + " | ".join(metric_cells(g)) + f" | {rel} |")
     print("\n".join(lines))
-    fam = families(a.root)
     print("\n| model | layer | method | dead (mean over levels) | largest family | largest / mean family (worst level) |")
     print("|---|---|---|---|---|---|")
-    for (model, layer), groups in fam.items():
-        for name, g in groups.items():
+    for (model, layer), evs in evals.items():
+        for name, g in families(evs).items():
             print(f"| {model} | {layer} | {name} | {cell(g['dead'])} | {cell(g['largest'])} | {cell(g['ratio'])} |")
     finite = {f"{m}-L{l}": {n: {"n": g["n"], **{c: {k: v if v == v else None for k, v in s.items()}  # NaN: null
                                               for c, s in g["columns"].items()}} for n, g in gs.items()}

@@ -79,13 +79,19 @@ def comparison_table(evals: dict[str, dict], paper: bool = True, per_run: bool =
     return "\n".join(lines + ([""] + extra if extra else [])).rstrip()
 
 
-def family_cell(hist: list[int]) -> str:
-    """'largest / mean' family size from a children-per-parent histogram (hist[k] parents with k children)."""
+def family_sizes(hist: list[int]) -> tuple[int, float] | None:
+    """(largest, mean) family size from a children-per-parent histogram (hist[k] parents with k
+    children); None if no parent has a child."""
     n = sum(hist[1:])
     if not n:
-        return "-"
-    largest = max(k for k, c in enumerate(hist) if c and k)
-    return f"{largest} / {sum(k * c for k, c in enumerate(hist)) / n:.1f}"
+        return None
+    return max(k for k, c in enumerate(hist) if c and k), sum(k * c for k, c in enumerate(hist)) / n
+
+
+def family_cell(hist: list[int]) -> str:
+    """'largest / mean' family size from a children-per-parent histogram."""
+    fs = family_sizes(hist)
+    return "-" if fs is None else f"{fs[0]} / {fs[1]:.1f}"
 
 
 def name_of(path: str | Path, ev: dict) -> str:
