@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hsae.cli import ONE_PASS
+from hsae.data.live import ONE_PASS
 
 
 def _run(cmd: list[str]) -> float:

@@ -168,12 +168,9 @@ def cmd_train(a) -> int:
                       compile=a.compile)
 
 
-ONE_PASS = 0.95  # of a streaming run's training tokens: the default --steps trains on this many rows
-
-
 def _stream_source(a, cfg: TrainConfig):
     """The StreamSource of `hsae train --model`; sets one pass over the tokens as the default --steps."""
-    from .data.live import StreamSource
+    from .data.live import ONE_PASS, StreamSource
 
     missing = [f"--{f}" for f in ("layer", "corpus", "tokens") if getattr(a, f) is None]
     if missing:

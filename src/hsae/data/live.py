@@ -34,6 +34,7 @@ from .ordinary import ordinary_mask
 
 BUFFER_ROWS = 65536  # rows per chunk: the buffer holds about twice this many
 PIECE = 64  # contexts per call of rows_of: a closing stream stops between two of them
+ONE_PASS = 0.95  # of a run's training tokens, as rows: one pass holds ~4% fewer ordinary rows (default --steps)
 
 
 class _Closed(Exception):
