@@ -1,5 +1,8 @@
 """The prefetching batch stream returns exactly the plain stream's batches, windows read ahead."""
 
+import os
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -66,9 +69,36 @@ def test_a_16_bit_store_is_windowed_in_16_bits_and_batched_exactly(tmp_path, mon
         x = s.batch(step)
         assert x.dtype == torch.float32
         seen.append(x)
-    assert s._window_cache[1].dtype == torch.float16
+    assert s._window_cache[1].dtype == np.float16
     got = torch.cat(seen)
     want = store.batch(0, 900)
     # the same multiset of rows (in the stream's order): sort both by their first two columns
     key = lambda t: t[np.lexsort((t[:, 1].numpy(), t[:, 0].numpy()))]  # noqa: E731
     assert torch.equal(key(got), key(want))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts the process's threads in /proc")
+def test_the_prefetching_threads_start_no_openmp_workers(tmp_path, monkeypatch):
+    """Batches and windows are formed in numpy: a background thread running large torch ops gets
+    an OpenMP team of its own, and with more OpenMP threads than cores every parallel op of the
+    training thread slows down (bench/RESULTS.md)."""
+    monkeypatch.setattr(batches_mod, "BLOCK_ROWS", 1024)
+    monkeypatch.setattr(batches_mod, "WINDOW_BYTES", 1024 * 64 * 2 * 2)  # 2 blocks per window
+    rng = np.random.default_rng(0)
+    w = StoreWriter(tmp_path / "big", 64, "float16")
+    w.write(rng.standard_normal((8192, 64)).astype(np.float16))
+    w.finish()
+    torch.ones(1 << 20).mul_(2)  # the training thread's own team exists before we count
+
+    def native_threads():  # OS threads that are not Python threads: OpenMP (and other) workers
+        return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+    before = native_threads()
+    fast = Prefetcher(BatchStream(Store(tmp_path / "big"), range(0, 8192), 2048, seed=0), depth=2)
+    try:
+        for step in range(8):  # two epochs: windows read ahead, batches of 2048 x 64 (> torch's grain)
+            fast.get(step)
+        during = native_threads()
+    finally:
+        fast.close()
+    assert during == before

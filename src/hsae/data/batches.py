@@ -8,6 +8,11 @@ normalised only when it is cut from its window. Only one window is in memory
 than RAM streams fine. `Prefetcher` computes the batches of the coming steps in a background
 thread and reads the next window while the current one is consumed, so training waits on
 neither.
+
+Everything here runs in numpy, never in torch: a thread that runs a large torch op starts an
+OpenMP team of its own, and once a process has more OpenMP threads than cores, libgomp stops
+spinning between parallel regions. Every parallel op of the training thread then pays a
+wake-up; on 2 cores that made a whole training step ~30% slower (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ class BatchStream:
         item = np.dtype(store.meta.get("dtype", "float32")).itemsize if store.path.is_dir() else 4
         self.window_blocks = max(1, WINDOW_BYTES // (store.d * item * BLOCK_ROWS))
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
-        self._window_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._window_cache: tuple[tuple[int, int], np.ndarray] | None = None
         self._pool: ThreadPoolExecutor | None = None  # set by read_ahead()
         self._readers: ThreadPoolExecutor | None = None
         self._ahead: tuple[tuple[int, int], Future] | None = None
@@ -91,17 +96,17 @@ class BatchStream:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._readers = self._ahead = None
 
-    def _load(self, e: int, w: int, order: np.ndarray) -> torch.Tensor:
+    def _load(self, e: int, w: int, order: np.ndarray) -> np.ndarray:
         """Read and permute window w of epoch e (block order `order`); touches no cache."""
         blocks = order[w * self.window_blocks:(w + 1) * self.window_blocks]
 
         def read(b):
             a, z = b * BLOCK_ROWS, min(len(self.rows), (b + 1) * BLOCK_ROWS)
-            x = torch.from_numpy(self.store.read(self.rows.start + a, self.rows.start + z, native=True))
-            return x if self.keep is None else x[torch.from_numpy(self.keep[a:z])]
+            x = self.store.read(self.rows.start + a, self.rows.start + z, native=True)
+            return x if self.keep is None else x[self.keep[a:z]]
 
         if self._readers is None:
-            data = torch.cat([read(b) for b in blocks])
+            data = np.concatenate([read(b) for b in blocks])
         else:
             # Shards are checksummed on first read; do it here, once, not in several readers at a time.
             for b in blocks:
@@ -109,10 +114,10 @@ class BatchStream:
                 i0, i1 = np.searchsorted(self.store.offsets, [a, z - 1], side="right") - 1
                 for i in range(int(i0), int(i1) + 1):
                     self.store.verify(i)
-            data = torch.cat(list(self._readers.map(read, blocks)))
-        return data[torch.from_numpy(_rng(self.seed, e, w + 1).permutation(len(data)))]
+            data = np.concatenate(list(self._readers.map(read, blocks)))
+        return data[_rng(self.seed, e, w + 1).permutation(len(data))]
 
-    def _window(self, e: int, w: int) -> torch.Tensor:
+    def _window(self, e: int, w: int) -> np.ndarray:
         """Rows of window w of epoch e, already permuted."""
         if self._window_cache is None or self._window_cache[0] != (e, w):
             if self._ahead is not None and self._ahead[0] == (e, w):
@@ -143,8 +148,9 @@ class BatchStream:
             a = off - int(starts[w])
             out.append(self._window(e, w)[a:a + take])
             pos, need = pos + take, need - take
-        x = (out[0] if len(out) == 1 else torch.cat(out))[lo:hi]
-        return x.to(torch.float32, copy=True).mul_(self.store.scale)  # a copy: never a view of the window
+        x = (out[0] if len(out) == 1 else np.concatenate(out))[lo:hi]
+        # a new array (never a view of the window), float32 like torch's x.float() * scale
+        return torch.from_numpy(np.multiply(x, np.float32(self.store.scale), dtype=np.float32))
 
 
 class Prefetcher:
