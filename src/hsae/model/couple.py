@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .constraint import ConstraintPlan, constraint_backward, constraint_plan, constraint_sum
-from .swap import swap_backward, swap_columns, swap_delta
+from .swap import swap_add_, swap_backward, swap_cancel_, swap_columns
 
 
 @dataclass
@@ -40,8 +40,7 @@ class _Coupled(torch.autograd.Function):
             y = torch.addmm(b[l].to(spec.dtype), Am[l], Wm[l])
             sw, saved = spec.swaps[l], None
             if sw is not None:
-                delta, saved = swap_delta(sw, Am[l], Am[l + 1], Wm[l], Wm[l + 1])
-                y = y + delta
+                saved = swap_add_(sw, y, Am[l], Am[l + 1], Wm[l], Wm[l + 1])
             outs.append(y.to(spec.out_dtype))
             swap_saved.append(saved)
         B = A[0].shape[0]
@@ -64,9 +63,11 @@ class _Coupled(torch.autograd.Function):
         gA = [(g[l] @ Wm[l].t()).to(A[l].dtype) for l in range(L)]
         gW = [(Am[l].t() @ g[l]).to(W[l].dtype) for l in range(L)]
         gb = [grads[l].sum(0) for l in range(L)]
-        for l in range(L - 1):
-            if spec.swaps[l] is not None:
-                swap_backward(spec.swaps[l], ctx.swap_saved[l], g[l], gA[l], gA[l + 1], gW[l], gW[l + 1])
+        swapped = [l for l in range(L - 1) if spec.swaps[l] is not None]
+        for l in swapped:  # first, on the dense gradients alone: a child may be a swapped parent too
+            swap_cancel_(spec.swaps[l], gA[l], gW[l])
+        for l in swapped:
+            swap_backward(spec.swaps[l], ctx.swap_saved[l], g[l], gA[l + 1], gW[l + 1])
         for l, c in enumerate(spec.cons):
             gc = grads[L + l] / A[0].shape[0]
             constraint_backward(c, ctx.cons_saved[l], gc, A[l], W[l], W[l + 1], gA[l], gA[l + 1], gW[l], gW[l + 1])

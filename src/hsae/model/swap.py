@@ -4,10 +4,11 @@ With S the swapped parents that have children and C(S) their children,
 
   x~_l = a_l W_l + b_l  +  a_{l+1}[:, C] W_{l+1}[C] - a_l[:, S] W_l[S]
 
-so the level's own decode stays the dense product of an unswapped level, and the swap costs
-two products over ~r of the columns. Its backward touches only the columns S and C of the
-activations' gradients and the rows S and C of the decoders', added in place
-(model/couple.py).
+so the level's own decode stays the dense product of an unswapped level, and the swap is one
+more product over ~r of the columns, added into it in place. In the backward, the swapped
+parents' two terms cancel: their columns of the activations' gradient and rows of the
+decoder's are zeroed instead of computed twice, and only the children's blocks need products
+(model/couple.py adds them into the dense gradients in place).
 """
 
 from __future__ import annotations
@@ -29,28 +30,26 @@ def swap_columns(parent: torch.Tensor, swap: torch.Tensor) -> tuple[torch.Tensor
     return S, C
 
 
-def swap_delta(cols, a_p, a_c, W_p, W_c):
-    """(a_c[:, C] W_c[C] - a_p[:, S] W_p[S] [B, d], the gathered blocks its backward needs)."""
+def swap_add_(cols, y, a_p, a_c, W_p, W_c):
+    """y += a_c[:, C] W_c[C] - a_p[:, S] W_p[S] in place, one product; returns what the backward needs."""
     S, C = cols
     AC, WC = a_c.index_select(1, C), W_c.index_select(0, C)
-    AS, WS = a_p.index_select(1, S), W_p.index_select(0, S)
-    return AC @ WC - AS @ WS, (AC, WC, AS, WS)
+    y.addmm_(torch.cat([AC, a_p.index_select(1, S)], 1), torch.cat([WC, -W_p.index_select(0, S)]))
+    return AC, WC
 
 
-def swap_backward(cols, saved, g, ga_p, ga_c, gW_p, gW_c) -> None:
-    """Add the gradient of <g, swap_delta> into the dense buffers, in place (products in the blocks' dtype)."""
-    S, C = cols
-    AC, WC, AS, WS = saved
+def swap_cancel_(cols, ga_p, gW_p) -> None:
+    """Zero the swapped parents' gradient from their level's own decode, which the swap cancels
+    exactly; call it on the dense gradients before anything else is added into them."""
+    S, _ = cols
+    ga_p.index_fill_(1, S, 0)
+    gW_p.index_fill_(0, S, 0)
+
+
+def swap_backward(cols, saved, g, ga_c, gW_c) -> None:
+    """Add the children's gradient of <g, the swap> into the dense buffers, in place (products in the blocks' dtype)."""
+    _, C = cols
+    AC, WC = saved
     g = g.to(WC.dtype)
-    _add_columns(ga_c, C, (g @ WC.t()).to(ga_c.dtype))
-    _add_columns(ga_p, S, (g @ WS.t()).to(ga_p.dtype), alpha=-1)
+    ga_c.index_add_(1, C, (g @ WC.t()).to(ga_c.dtype))
     gW_c.index_add_(0, C, (AC.t() @ g).to(gW_c.dtype))
-    gW_p.index_add_(0, S, (AS.t() @ g).to(gW_p.dtype), alpha=-1)
-
-
-def _add_columns(buf: torch.Tensor, cols: torch.Tensor, src: torch.Tensor, alpha: float = 1) -> None:
-    """buf[:, cols] += alpha * src, as one 1-D index_add over flat indices (on a CPU, index_add_
-    along dim 1 walks the columns one strided slice at a time)."""
-    B, n = buf.shape
-    flat = (torch.arange(B, device=cols.device)[:, None] * n + cols[None, :]).view(-1)
-    buf.view(-1).index_add_(0, flat, src.reshape(-1), alpha=alpha)
