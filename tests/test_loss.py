@@ -5,7 +5,7 @@ import torch
 
 import hsae.model.constraint as constraint_mod
 from hsae.model import HSAE, hsae_loss
-from hsae.model.constraint import sibling_cross, sibling_groups
+from hsae.model.constraint import flat_nonzero, sibling_cross, sibling_groups
 from hsae.model.couple import coupled_decodes
 from reference import dense_loss
 
@@ -111,3 +111,14 @@ def test_a_dead_mask_with_no_dead_feature_adds_nothing():
     empty = hsae_loss(m, x, [0.1] * 3, rho=0.0, bandwidth=0.1,
                       dead=[torch.zeros(lv.n, dtype=torch.bool) for lv in m.levels])
     assert empty.loss.item() == none.loss.item()
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (7, 9), (3, 1000), (1, 8)])
+def test_flat_nonzero_is_nonzero(shape):
+    """The word-by-word scan finds the same entries as nonzero, sparse or dense, aligned or not."""
+    g = torch.Generator().manual_seed(0)
+    for p in (0.0, 0.01, 0.5, 1.0):
+        m = torch.rand(shape, generator=g) < p
+        assert torch.equal(flat_nonzero(m), m.reshape(-1).nonzero().squeeze(1))
+        view = m.reshape(-1)[1:]  # storage offset 1: the plain scan
+        assert torch.equal(flat_nonzero(view), view.nonzero().squeeze(1))

@@ -3,9 +3,9 @@ reads a device value, so the step reads as few as it can (patch and count, on th
 
 Budget per ordinary step (no window closing, no hierarchy update): one read of all the step's
 statistics (loss, per-level MSE, L0, constraint, ghost: the controller and the log need them),
-plus the data-dependent shapes of the sparse algorithm, per level pair: the swapped parents'
-children, the support's entries, two `unique` (children in the batch, (input, parent) groups)
-and the groups with siblings; with co-activation statistics, the number of co-firing pairs
+plus the data-dependent shapes of the sparse algorithm, per level pair: the swapped parents and
+their children, the support's entries (two scans: its nonzero words, then their bytes) and the
+(input, parent) groups with siblings; with co-activation statistics, the number of co-firing pairs
 and the two activity lists they are enumerated from. Adam's own reads are left out: on CUDA the trainer uses its fused
 kernel, which reads nothing.
 """

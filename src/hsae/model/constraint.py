@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # Entries per chunk times d stays under this many floats (4 MB in fp32): temporaries this
@@ -61,21 +62,25 @@ def _chunk_sums(vals, W, cols, group):
         yield e0, e1, V, v, Wc, gi
 
 
-def sibling_cross(vals, W, cols, group) -> torch.Tensor:
+def sibling_cross(vals, W, cols, group, keep: list | None = None) -> torch.Tensor:
     """sum over groups g of ||sum_{e in g} v_e w_{c_e}||^2 - sum_e v_e^2 ||w_{c_e}||^2.
 
     Entries must be sorted by group. That is 2 * sum over same-group pairs e < e' of
-    v_e v_e' (w_c_e . w_c_e'): the sibling-sibling cross term.
+    v_e v_e' (w_c_e . w_c_e'): the sibling-sibling cross term. keep: a list that receives the
+    chunk's sums when there is one chunk (a few MB), so the backward need not rebuild them.
     """
     total = vals.new_zeros(())
-    for _, _, V, v, Wc, _ in _chunk_sums(vals, W, cols, group):
+    chunks = list(_chunk_sums(vals, W, cols, group))
+    for _, _, V, v, Wc, _ in chunks:
         total += (V * V).sum() - (v * v * (Wc * Wc).sum(1)).sum()
+    if keep is not None and len(chunks) == 1:
+        keep.extend(chunks)
     return total
 
 
-def _sibling_cross_backward(vals, W, cols, group, g, gv, gW) -> None:
+def _sibling_cross_backward(vals, W, cols, group, g, gv, gW, kept: list | None = None) -> None:
     """Add g times sibling_cross's gradient to gv (per entry) and gW (rows of W)."""
-    for e0, e1, V, v, Wc, gi in _chunk_sums(vals, W, cols, group):
+    for e0, e1, V, v, Wc, gi in kept or _chunk_sums(vals, W, cols, group):
         Vg = V.index_select(0, gi)
         gv[e0:e1] += (2 * g) * ((Vg * Wc).sum(1) - v * (Wc * Wc).sum(1))
         gW.index_add_(0, cols[e0:e1], ((2 * g) * v)[:, None] * (Vg - v[:, None] * Wc))
@@ -110,7 +115,7 @@ def constraint_plan(support_c: torch.Tensor, parent: torch.Tensor, n_p: int, dty
     par = parent.clamp_min(0)
     has_child = torch.zeros(n_p, dtype=dtype, device=parent.device).index_add_(0, par, has_parent.to(dtype)) > 0
     # The support's entries as flat indices: 1-D gathers and scatters are the cheapest there are.
-    flat = (support_c & has_parent).view(-1).nonzero().squeeze(1)
+    flat = flat_nonzero(support_c & has_parent)
     cols = flat % n_c
     pflat = (flat // n_c) * n_p + parent[cols]
     sib, group = sibling_groups(pflat)
@@ -123,18 +128,19 @@ def constraint_sum(c: ConstraintPlan, a_p, a_c, W_p, W_c):
     ap = a_p.reshape(-1).index_select(0, c.pflat)
     se = _cosines(W_p, W_c, c.par).index_select(0, c.cols)
     total = (a_p.square() * c.has_child).sum() - 2 * (ap * vals * se).sum() + vals.square().sum()
+    kept: list = []
     if c.sib.numel():
-        total += sibling_cross(vals[c.sib], W_c, c.cols[c.sib], c.group)
-    return total, (vals, ap, se)
+        total += sibling_cross(vals[c.sib], W_c, c.cols[c.sib], c.group, kept)
+    return total, (vals, ap, se, kept)
 
 
 def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, gW_p, gW_c) -> None:
     """Add g times constraint_sum's gradient into the dense buffers ga_p, ga_c, gW_p, gW_c, in place."""
-    vals, ap, se = saved
+    vals, ap, se, kept = saved
     gv = (2 * g) * (vals - ap * se)
     if c.sib.numel():
         gs = torch.zeros_like(vals[c.sib])
-        _sibling_cross_backward(vals[c.sib], W_c, c.cols[c.sib], c.group, g, gs, gW_c)
+        _sibling_cross_backward(vals[c.sib], W_c, c.cols[c.sib], c.group, g, gs, gW_c, kept)
         gv.index_add_(0, c.sib, gs)
     ga_c.view(-1).index_add_(0, c.flat, gv)
     ga_p.addcmul_(a_p, (2 * g) * c.has_child)
@@ -144,8 +150,31 @@ def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, 
     ds.index_add_(0, c.cols, (-2 * g) * ap * vals)
     for r0, r1 in _row_chunks(*W_c.shape):
         p, d = c.par[r0:r1], ds[r0:r1, None]
-        gW_c[r0:r1] += d * W_p.index_select(0, p)
+        gW_c[r0:r1].addcmul_(d, W_p.index_select(0, p))
         gW_p.index_add_(0, p, d * W_c[r0:r1])
+
+
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Ascending flat indices of a bool tensor's True entries, found word by word when it is sparse.
+
+    A support mask is ~99% zero: the nonzero 8-byte words are found first, then the set bytes
+    inside them, so the slow scan runs over 8x fewer elements (~2x faster on a CPU).
+    """
+    f = mask.reshape(-1)
+    if f.numel() % 8 or f.storage_offset() % 8:
+        return f.nonzero().squeeze(1)
+    words = f.view(torch.int64).nonzero().squeeze(1)
+    inner = f.view(-1, 8).index_select(0, words).view(-1).nonzero().squeeze(1)
+    return words.index_select(0, inner // 8) * 8 + inner % 8
+
+
+def _sort(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted keys, order), stable. The keys come nearly sorted (row-major entries), which
+    numpy's stable sort exploits: ~3x torch.sort on a CPU."""
+    if key.device.type != "cpu":
+        return torch.sort(key, stable=True)
+    order = torch.from_numpy(np.argsort(key.numpy(), kind="stable"))
+    return key.index_select(0, order), order
 
 
 def sibling_groups(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +182,7 @@ def sibling_groups(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Sorting once and comparing neighbours finds the groups of two or more without `unique`.
     """
-    ks, order = torch.sort(key)
+    ks, order = _sort(key)
     same = ks[1:] == ks[:-1]
     multi = torch.zeros_like(ks, dtype=torch.bool)
     multi[1:] |= same
