@@ -4,12 +4,12 @@ Per input and per parent i with children C(i), with unit-norm decoder rows w:
 
   ||a_i w_i - sum_c a_c w_c||^2 = a_i^2 - 2 sum_c a_i a_c (w_i . w_c) + ||sum_c a_c w_c||^2
 
-The first term is elementwise over the parent level. The others need only the children's
-entries in the JumpReLU's support (active, or inside the threshold kernel, where the
-threshold's pseudo-gradient lives): the middle one uses each child's cosine to its parent
+Every term needs only the entries in the JumpReLU's support (active, or inside the threshold
+kernel, where the threshold's pseudo-gradient lives), as flat indices: the first one the parent
+level's, the others the children's. The middle one uses each child's cosine to its parent
 (n_c * d, a fraction of one decode), the last one's diagonal is sum_c a_c^2, and its
 off-diagonal part is computed per (input, parent) group with at least two such children,
-in chunks, saving nothing of size [groups, d].
+in chunks (kept for the backward when they fit one).
 
 The backward is hand-written and adds into gradient buffers it is given, in place
 (model/couple.py gives it each level's one dense gradient): a separate autograd node would
@@ -53,13 +53,19 @@ def _chunks(group: torch.Tensor, d: int):
 
 
 def _chunk_sums(vals, W, cols, group):
-    """Per chunk: (e0, e1, V [groups, d] sums, values, rows of W, local group index)."""
+    """Per chunk: (e0, e1, V [groups, d] sums, rows of W, the entries' terms v w, local group index)."""
     for e0, e1 in _chunks(group, W.shape[1]):
-        v, Wc = vals[e0:e1], W.index_select(0, cols[e0:e1])
+        Wc = W.index_select(0, cols[e0:e1])
+        P = Wc * vals[e0:e1, None]
         gi = group[e0:e1] - group[e0]
         # one row per entry bounds the groups (the unused rows stay 0) without reading gi[-1] on the host
-        V = W.new_zeros(e1 - e0, W.shape[1]).index_add_(0, gi, v[:, None] * Wc)
-        yield e0, e1, V, v, Wc, gi
+        V = W.new_zeros(e1 - e0, W.shape[1]).index_add_(0, gi, P)
+        yield e0, e1, V, Wc, P, gi
+
+
+def _sq(t: torch.Tensor) -> torch.Tensor:
+    """Sum of squares, as one dot product (no temporary)."""
+    return torch.dot(t.view(-1), t.view(-1))
 
 
 def sibling_cross(vals, W, cols, group, keep: list | None = None) -> torch.Tensor:
@@ -71,8 +77,8 @@ def sibling_cross(vals, W, cols, group, keep: list | None = None) -> torch.Tenso
     """
     total = vals.new_zeros(())
     chunks = list(_chunk_sums(vals, W, cols, group))
-    for _, _, V, v, Wc, _ in chunks:
-        total += (V * V).sum() - (v * v * (Wc * Wc).sum(1)).sum()
+    for _, _, V, _, P, _ in chunks:
+        total += _sq(V) - _sq(P)
     if keep is not None and len(chunks) == 1:
         keep.extend(chunks)
     return total
@@ -80,10 +86,11 @@ def sibling_cross(vals, W, cols, group, keep: list | None = None) -> torch.Tenso
 
 def _sibling_cross_backward(vals, W, cols, group, g, gv, gW, kept: list | None = None) -> None:
     """Add g times sibling_cross's gradient to gv (per entry) and gW (rows of W)."""
-    for e0, e1, V, v, Wc, gi in kept or _chunk_sums(vals, W, cols, group):
-        Vg = V.index_select(0, gi)
-        gv[e0:e1] += (2 * g) * ((Vg * Wc).sum(1) - v * (Wc * Wc).sum(1))
-        gW.index_add_(0, cols[e0:e1], ((2 * g) * v)[:, None] * (Vg - v[:, None] * Wc))
+    for e0, e1, V, Wc, P, gi in kept or _chunk_sums(vals, W, cols, group):
+        # d/dv_e = 2 w_e . R_e and d/dw_e = 2 v_e R_e, with R_e = V_g - v_e w_e the entry's siblings' sum
+        R = V.index_select(0, gi).sub_(P)
+        gv[e0:e1] += (2 * g) * torch.linalg.vecdot(R, Wc)
+        gW.index_add_(0, cols[e0:e1], R.mul_(((2 * g) * vals[e0:e1])[:, None]))
 
 
 def _cosines(W_p, W_c, par) -> torch.Tensor:
@@ -98,52 +105,59 @@ def _cosines(W_p, W_c, par) -> torch.Tensor:
 class ConstraintPlan:
     """The index sets of one level pair's constraint for one batch (see `constraint_plan`)."""
 
-    par: torch.Tensor  # [n_c] parent, -1 replaced by 0 (masked by `flat`)
-    has_child: torch.Tensor  # [n_p] 1.0 where the parent has a child
-    flat: torch.Tensor  # flat [B * n_c] indices of the children's support entries that have a parent
+    par: torch.Tensor  # [n_c] parent, -1 replaced by 0 (masked by `keep`)
+    flat: torch.Tensor  # flat [B * n_c] indices of the child level's support entries
+    keep: torch.Tensor  # per entry, 1.0 where its feature has a parent (0: outside the constraint)
     pflat: torch.Tensor  # flat [B * n_p] index of each entry's parent
     cols: torch.Tensor  # each entry's child column
     sib: torch.Tensor  # entries of one (input, parent) group of two or more, sorted by group
     group: torch.Tensor  # their group index
+    pent: torch.Tensor  # flat [B * n_p] indices of the parent level's support entries
+    pkeep: torch.Tensor  # per parent entry, 1.0 where its feature has a child
 
 
-def constraint_plan(support_c: torch.Tensor, parent: torch.Tensor, n_p: int, dtype) -> ConstraintPlan:
-    """The index sets of the constraint: support_c [B, n_c] bool (active or in the threshold's
-    kernel, a superset of a_c != 0), parent [n_c] int64 (-1 = none)."""
-    n_c = support_c.shape[1]
-    has_parent = parent >= 0  # none (no forest yet): every term but t1 is empty, with no host read
+def constraint_plan(entries_c, n_c: int, parent, entries_p, n_p: int, dtype) -> ConstraintPlan:
+    """The index sets of the constraint from each level's support entries (`flat_nonzero` of
+    [B, n] masks of where a is active or its threshold gradient is nonzero, a superset of a != 0),
+    parent [n_c] int64 (-1 = none). Features outside the forest are masked, not filtered: a
+    filter would be one more data-dependent shape (a host read on a GPU) per level pair."""
+    has_parent = parent >= 0
     par = parent.clamp_min(0)
     has_child = torch.zeros(n_p, dtype=dtype, device=parent.device).index_add_(0, par, has_parent.to(dtype)) > 0
-    # The support's entries as flat indices: 1-D gathers and scatters are the cheapest there are.
-    flat = flat_nonzero(support_c & has_parent)
-    cols = flat % n_c
-    pflat = (flat // n_c) * n_p + parent[cols]
-    sib, group = sibling_groups(pflat)
-    return ConstraintPlan(par, has_child.to(dtype), flat, pflat, cols, sib, group)
+    rows, cols = entries_c // n_c, entries_c % n_c
+    keep = has_parent[cols]
+    pc = par[cols]
+    pflat = rows * n_p + pc
+    # (input, parent) keys in row order; an orphan's key (input, n_p + its column) is unique, so
+    # it is in no sibling group
+    sib, group = sibling_groups(rows * (n_p + n_c) + torch.where(keep, pc, n_p + cols))
+    pkeep = has_child[entries_p % n_p].to(dtype)
+    return ConstraintPlan(par, entries_c, keep.to(dtype), pflat, cols, sib, group, entries_p, pkeep)
 
 
 def constraint_sum(c: ConstraintPlan, a_p, a_c, W_p, W_c):
     """(t1 - 2 t2 + t3 of the module docstring summed over the batch, what its backward needs)."""
-    vals = a_c.reshape(-1).index_select(0, c.flat)
+    vals = a_c.reshape(-1).index_select(0, c.flat) * c.keep  # an orphan's value counts for nothing
     ap = a_p.reshape(-1).index_select(0, c.pflat)
+    pv = a_p.reshape(-1).index_select(0, c.pent)
     se = _cosines(W_p, W_c, c.par).index_select(0, c.cols)
-    total = (a_p.square() * c.has_child).sum() - 2 * (ap * vals * se).sum() + vals.square().sum()
+    total = torch.dot(pv * c.pkeep, pv) - 2 * torch.dot(ap * vals, se) + _sq(vals)
     kept: list = []
     if c.sib.numel():
         total += sibling_cross(vals[c.sib], W_c, c.cols[c.sib], c.group, kept)
-    return total, (vals, ap, se, kept)
+    return total, (vals, ap, pv, se, kept)
 
 
 def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, gW_p, gW_c) -> None:
     """Add g times constraint_sum's gradient into the dense buffers ga_p, ga_c, gW_p, gW_c, in place."""
-    vals, ap, se, kept = saved
+    vals, ap, pv, se, kept = saved
     gv = (2 * g) * (vals - ap * se)
     if c.sib.numel():
         gs = torch.zeros_like(vals[c.sib])
         _sibling_cross_backward(vals[c.sib], W_c, c.cols[c.sib], c.group, g, gs, gW_c, kept)
         gv.index_add_(0, c.sib, gs)
-    ga_c.view(-1).index_add_(0, c.flat, gv)
-    ga_p.addcmul_(a_p, (2 * g) * c.has_child)
+    ga_c.view(-1).index_add_(0, c.flat, gv * c.keep)
+    ga_p.view(-1).index_add_(0, c.pent, (2 * g) * pv * c.pkeep)
     ga_p.view(-1).index_add_(0, c.pflat, (-2 * g) * vals * se)
     # d/dW of t2 through each child's cosine to its parent
     ds = W_c.new_zeros(W_c.shape[0])
@@ -161,7 +175,7 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     inside them, so the slow scan runs over 8x fewer elements (~2x faster on a CPU).
     """
     f = mask.reshape(-1)
-    if f.numel() % 8 or f.storage_offset() % 8:
+    if f.device.type != "cpu" or f.numel() % 8 or f.storage_offset() % 8:  # on a GPU: one scan, one sync
         return f.nonzero().squeeze(1)
     words = f.view(torch.int64).nonzero().squeeze(1)
     inner = f.view(-1, 8).index_select(0, words).view(-1).nonzero().squeeze(1)

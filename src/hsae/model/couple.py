@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .constraint import ConstraintPlan, constraint_backward, constraint_plan, constraint_sum
+from .constraint import ConstraintPlan, constraint_backward, constraint_plan, constraint_sum, flat_nonzero
 from .swap import swap_add_, swap_backward, swap_cancel_, swap_columns
 
 
@@ -88,7 +88,10 @@ def coupled_decodes(acts, W, b, parents, supports, swap, rho: float, out_dtype: 
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else W[0].dtype
     swaps = [swap_columns(parents[l + 1], swap[l]) if l < L - 1 and swap[l] is not None else None
              for l in range(L)]
-    cons: list[ConstraintPlan] = [constraint_plan(supports[l + 1], parents[l + 1], W[l].shape[0], W[l].dtype)
-                                  for l in range(L - 1)] if rho > 0 else []
+    cons: list[ConstraintPlan] = []
+    if rho > 0:
+        entries = [flat_nonzero(s) for s in supports]
+        cons = [constraint_plan(entries[l + 1], W[l + 1].shape[0], parents[l + 1], entries[l], W[l].shape[0],
+                                W[l].dtype) for l in range(L - 1)]
     out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype), *acts, *W, *b)
     return list(out[:L]), list(out[L:])
