@@ -60,10 +60,13 @@ def test_baseline_loss_is_independent_levels():
     assert out.loss.item() == pytest.approx(dense_loss(m, x, [0.1] * 3, 0.0, bandwidth=0.1).item(), rel=1e-10)
 
 
-def test_coupled_node_gradcheck_with_chunks(monkeypatch):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_coupled_node_gradcheck_with_chunks(monkeypatch, chunked):
     """The one node's hand-written backward (decodes, swaps, constraints) is the exact gradient,
-    also when every constraint loop runs in several chunks."""
-    monkeypatch.setattr(constraint_mod, "_CHUNK_FLOATS", 16)
+    with what the forward keeps for it, and when every constraint loop runs in several chunks."""
+    if chunked:
+        monkeypatch.setattr(constraint_mod, "_CHUNK_FLOATS", 16)
+        monkeypatch.setattr(constraint_mod, "_KEEP_FLOATS", 16)
     g = torch.Generator().manual_seed(0)
     B, n, d = 6, (4, 12, 20), 5
     parents = [None, torch.tensor([0, 0, 0, 1, 1, -1, 2, 2, 2, 2, -1, 0]),  # parent 3 has no child

@@ -26,6 +26,9 @@ import torch
 # Entries per chunk times d stays under this many floats (4 MB in fp32): temporaries this
 # small are recycled by the allocator, larger ones cost page faults on every step.
 _CHUNK_FLOATS = 1 << 20
+# A level pair's gathered parent rows W_p[parent] are kept for the backward up to this size
+# (16 MB in fp32: the demo's dims); at the paper's (150 MB) they are gathered again in chunks.
+_KEEP_FLOATS = 1 << 22
 
 
 def _row_chunks(n: int, d: int):
@@ -93,12 +96,15 @@ def _sibling_cross_backward(vals, W, cols, group, g, gv, gW, kept: list | None =
         gW.index_add_(0, cols[e0:e1], R.mul_(((2 * g) * vals[e0:e1])[:, None]))
 
 
-def _cosines(W_p, W_c, par) -> torch.Tensor:
-    """s[c] = W_p[par[c]] . W_c[c], in chunks."""
+def _cosines(W_p, W_c, par) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(s[c] = W_p[par[c]] . W_c[c], the gathered rows W_p[par] if they fit _KEEP_FLOATS, for the backward)."""
+    if W_c.numel() <= _KEEP_FLOATS:
+        rows = W_p.index_select(0, par)
+        return torch.linalg.vecdot(rows, W_c), rows
     s = W_c.new_empty(W_c.shape[0])
     for r0, r1 in _row_chunks(*W_c.shape):
-        s[r0:r1] = (W_p.index_select(0, par[r0:r1]) * W_c[r0:r1]).sum(1)
-    return s
+        s[r0:r1] = torch.linalg.vecdot(W_p.index_select(0, par[r0:r1]), W_c[r0:r1])
+    return s, None
 
 
 @dataclass
@@ -140,17 +146,18 @@ def constraint_sum(c: ConstraintPlan, a_p, a_c, W_p, W_c):
     vals = a_c.reshape(-1).index_select(0, c.flat) * c.keep  # an orphan's value counts for nothing
     ap = a_p.reshape(-1).index_select(0, c.pflat)
     pv = a_p.reshape(-1).index_select(0, c.pent)
-    se = _cosines(W_p, W_c, c.par).index_select(0, c.cols)
+    s, rows = _cosines(W_p, W_c, c.par)
+    se = s.index_select(0, c.cols)
     total = torch.dot(pv * c.pkeep, pv) - 2 * torch.dot(ap * vals, se) + _sq(vals)
     kept: list = []
     if c.sib.numel():
         total += sibling_cross(vals[c.sib], W_c, c.cols[c.sib], c.group, kept)
-    return total, (vals, ap, pv, se, kept)
+    return total, (vals, ap, pv, se, kept, rows)
 
 
 def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, gW_p, gW_c) -> None:
     """Add g times constraint_sum's gradient into the dense buffers ga_p, ga_c, gW_p, gW_c, in place."""
-    vals, ap, pv, se, kept = saved
+    vals, ap, pv, se, kept, rows = saved
     gv = (2 * g) * (vals - ap * se)
     if c.sib.numel():
         gs = torch.zeros_like(vals[c.sib])
@@ -162,9 +169,9 @@ def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, 
     # d/dW of t2 through each child's cosine to its parent
     ds = W_c.new_zeros(W_c.shape[0])
     ds.index_add_(0, c.cols, (-2 * g) * ap * vals)
-    for r0, r1 in _row_chunks(*W_c.shape):
+    for r0, r1 in [(0, W_c.shape[0])] if rows is not None else _row_chunks(*W_c.shape):
         p, d = c.par[r0:r1], ds[r0:r1, None]
-        gW_c[r0:r1].addcmul_(d, W_p.index_select(0, p))
+        gW_c[r0:r1].addcmul_(d, rows if rows is not None else W_p.index_select(0, p))
         gW_p.index_add_(0, p, d * W_c[r0:r1])
 
 
