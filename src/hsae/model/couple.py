@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .constraint import ConstraintPlan, constraint_backward, constraint_plan, constraint_sum, flat_nonzero
-from .swap import swap_add_, swap_backward, swap_cancel_, swap_columns
+from .swap import swap_add_, swap_backward, swap_cancel_, swap_plan
 
 
 @dataclass
@@ -65,9 +65,9 @@ class _Coupled(torch.autograd.Function):
         gb = [grads[l].sum(0) for l in range(L)]
         swapped = [l for l in range(L - 1) if spec.swaps[l] is not None]
         for l in swapped:  # first, on the dense gradients alone: a child may be a swapped parent too
-            swap_cancel_(spec.swaps[l], gA[l], gW[l])
+            swap_cancel_(spec.swaps[l], gA[l])
         for l in swapped:
-            swap_backward(spec.swaps[l], ctx.swap_saved[l], g[l], gA[l + 1], gW[l + 1])
+            swap_backward(spec.swaps[l], ctx.swap_saved[l], g[l], gA[l + 1], gW[l], gW[l + 1])
         for l, c in enumerate(spec.cons):
             gc = grads[L + l] / A[0].shape[0]
             constraint_backward(c, ctx.cons_saved[l], gc, A[l], W[l], W[l + 1], gA[l], gA[l + 1], gW[l], gW[l + 1])
@@ -86,12 +86,15 @@ def coupled_decodes(acts, W, b, parents, supports, swap, rho: float, out_dtype: 
     L = len(acts)
     dev = W[0].device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else W[0].dtype
-    swaps = [swap_columns(parents[l + 1], swap[l]) if l < L - 1 and swap[l] is not None else None
+    swapping = [l < L - 1 and swap[l] is not None for l in range(L)]
+    # each level's support entries: the swap and the constraint only ever touch those
+    entries = [flat_nonzero(s) for s in supports] if rho > 0 or any(swapping) else []
+    n = [w.shape[0] for w in W]
+    swaps = [swap_plan(parents[l + 1], swap[l], entries[l], n[l], entries[l + 1], n[l + 1]) if swapping[l] else None
              for l in range(L)]
     cons: list[ConstraintPlan] = []
     if rho > 0:
-        entries = [flat_nonzero(s) for s in supports]
-        cons = [constraint_plan(entries[l + 1], W[l + 1].shape[0], parents[l + 1], entries[l], W[l].shape[0],
-                                W[l].dtype) for l in range(L - 1)]
+        cons = [constraint_plan(entries[l + 1], n[l + 1], parents[l + 1], entries[l], n[l], W[l].dtype)
+                for l in range(L - 1)]
     out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype), *acts, *W, *b)
     return list(out[:L]), list(out[L:])
