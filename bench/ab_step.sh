@@ -21,7 +21,11 @@ for v in ("before", "after"):
     rs = [json.load(open(f))["configs"][conf] for f in sorted(glob.glob(f"{tmp}/{v}-*.json"))]
     runs = {m: [r[m]["seconds_per_step"] for r in rs] for m in ("hsae", "independent", "saelens")}
     med = {m: statistics.median(x) for m, x in runs.items()}
+    # the modes of one round ran minutes apart, not hours: the median of the rounds' own ratios
+    # is the steadier figure on a machine whose speed drifts
+    paired = {o: statistics.median(h / x for h, x in zip(runs["hsae"], runs[o])) for o in ("independent", "saelens")}
     out[v] = {"median_s": med, "runs_s": runs, "hsae_over_independent": med["hsae"] / med["independent"],
-              "hsae_over_saelens": med["hsae"] / med["saelens"]}
+              "hsae_over_saelens": med["hsae"] / med["saelens"],
+              "paired_hsae_over_independent": paired["independent"], "paired_hsae_over_saelens": paired["saelens"]}
 print(json.dumps(out, indent=1))
 PY

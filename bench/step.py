@@ -242,6 +242,8 @@ def main():
             r["hsae_over_matryoshka"] = h["seconds_per_step"] / r["matryoshka"]["seconds_per_step"]
         if "error" not in h and "error" not in ind:
             r["overhead_ratio"] = h["seconds_per_step"] / ind["seconds_per_step"]
+            if len(h.get("runs_s", [])) == len(ind.get("runs_s", [])) > 1:  # each round's own ratio: steadier
+                r["overhead_ratio_paired"] = statistics.median(a / b for a, b in zip(h["runs_s"], ind["runs_s"]))
             r["matmul_ceiling_s"] = matmul_ceiling(c, a.steps or c["steps"], a.device, a.dtype)
             r["independent_vs_ceiling"] = r["matmul_ceiling_s"] / ind["seconds_per_step"]
         if "dense" in r and "error" not in r["dense"] and "error" not in h:
