@@ -12,6 +12,7 @@ that L0 is about `--l0` (as in a trained model: the constraint's cost grows with
   python bench/step.py --only small    # one configuration
   python bench/step.py --only demo --rounds 3   # the demo's dims, alternated, with SAELens
   python bench/step.py --only demo --rounds 3 --matryoshka   # plus SAELens's Matryoshka SAE
+  python bench/step.py --only demo --rounds 3 --paired       # HSAE / independent, step by step in one process
   python bench/step.py --only paper --device cuda --dtype bfloat16
 
 bench/run_all.py builds the suite's JSON from the same measurements.
@@ -135,10 +136,36 @@ def matryoshka_step(c: dict, device: str = "cpu", dtype: str = "float32"):
     return _sae_step([sae], sae.get_coefficients(), dead, c, device, dtype)
 
 
+def run_paired(c: dict, steps: int, device: str = "cpu", dtype: str = "float32", compile: bool = False) -> dict:
+    """HSAE and independent levels in one process, step by step in turn: the median of the steps'
+    own ratios follows no drift of the machine's speed slower than two steps."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trs = []
+        for mode in ("hsae", "independent"):
+            (Path(tmp) / mode).mkdir()
+            trs.append(_trainer(Path(tmp) / mode, c, mode, device, dtype, compile)[0])
+        for tr in trs:
+            tr.train_step()  # warm-up
+        ts = [[], []]
+        for _ in range(steps):
+            for t, tr in zip(ts, trs):
+                _sync()
+                t0 = time.perf_counter()
+                tr.train_step()
+                _sync()
+                t.append(time.perf_counter() - t0)
+        for tr in trs:
+            tr.batches.close()
+    return {"hsae_s": statistics.median(ts[0]), "independent_s": statistics.median(ts[1]),
+            "paired_ratio": statistics.median(a / b for a, b in zip(*ts)), **peak_memory_gib()}
+
+
 def run_one(name: str, mode: str, device: str = "cpu", dtype: str = "float32", compile: bool = False,
             steps: int | None = None) -> dict:
     """Time one (configuration, mode) in this process."""
     c = CONFIGS[name]
+    if mode == "paired":
+        return run_paired(c, 3 * (steps or c["steps"]), device, dtype, compile)
     if mode in ("saelens", "matryoshka"):
         fn = (saelens_step if mode == "saelens" else matryoshka_step)(c, device, dtype)
         return {"seconds_per_step": _time(fn, steps or c["steps"]), **peak_memory_gib()}
@@ -212,6 +239,8 @@ def main():
     p.add_argument("--compile", action="store_true", help="torch.compile the levels' dense encode")
     p.add_argument("--steps", type=int, help="timed steps per configuration (default: per configuration)")
     p.add_argument("--rounds", type=int, default=1, help="alternate the modes this many times; report medians")
+    p.add_argument("--paired", action="store_true",
+                   help="per round, HSAE and independent levels step by step in one fresh process (3x the steps)")
     p.add_argument("--matryoshka", action="store_true",
                    help="also time SAELens's Matryoshka BatchTopK SAE over the same widths (one dictionary)")
     p.add_argument("--child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
@@ -232,6 +261,12 @@ def main():
               "configs": {}}
     for name in [a.only] if a.only else list(CONFIGS):
         c = CONFIGS[name]
+        if a.paired:
+            rs = [sub(name, "paired") for _ in range(a.rounds)]
+            ok = [r["paired_ratio"] for r in rs if "error" not in r]
+            result["configs"][name] = {"config": c, "rounds": rs,
+                                       "hsae_over_independent": statistics.median(ok) if ok else None}
+            continue
         modes = ["hsae", "independent", "saelens"] + (["matryoshka"] if a.matryoshka else []) + (
             ["dense"] if name == "dense_cmp" else [])
         r = {"config": c, **alternated(name, modes, a.rounds, sub)}
