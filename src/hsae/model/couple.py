@@ -44,10 +44,11 @@ class _Coupled(torch.autograd.Function):
             outs.append(y.to(spec.out_dtype))
             swap_saved.append(saved)
         B = A[0].shape[0]
-        for l, c in enumerate(spec.cons):
-            total, saved = constraint_sum(c, A[l], A[l + 1], W[l], W[l + 1])
-            cons.append(total / B)
-            cons_saved.append(saved)
+        with torch.autocast(W[0].device.type, enabled=False):  # the constraint stays in the weights' dtype
+            for l, c in enumerate(spec.cons):
+                total, saved = constraint_sum(c, A[l], A[l + 1], W[l], W[l + 1])
+                cons.append(total / B)
+                cons_saved.append(saved)
         ctx.spec, ctx.swap_saved, ctx.cons_saved = spec, swap_saved, cons_saved
         ctx.save_for_backward(*A, *W, *Am, *Wm)
         return (*outs, *cons)
