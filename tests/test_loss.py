@@ -73,12 +73,13 @@ def test_coupled_node_gradcheck_with_chunks(monkeypatch, chunked):
                torch.randint(-1, 12, (20,), generator=g)]
     acts = [torch.randn(B, k, dtype=torch.float64, generator=g).relu().requires_grad_() for k in n]
     supports = [(a > 0) | (torch.rand(a.shape, generator=g) < 0.2) for a in acts]  # some only in the kernel
+    entries = [flat_nonzero(s) for s in supports]
     W = [torch.randn(k, d, dtype=torch.float64, generator=g, requires_grad=True) for k in n]
     b = [torch.randn(d, dtype=torch.float64, generator=g, requires_grad=True) for _ in n]
     swap = [torch.tensor([True, False, True, True]), torch.rand(12, generator=g) < 0.5, None]
 
     def f(*t):
-        outs, cons = coupled_decodes(list(t[:3]), list(t[3:6]), list(t[6:]), parents, supports, swap, 1.0,
+        outs, cons = coupled_decodes(list(t[:3]), list(t[3:6]), list(t[6:]), parents, entries, swap, 1.0,
                                      torch.float64)
         assert len(cons) == 2
         return (*outs, *cons)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .constraint import ConstraintPlan, constraint_backward, constraint_plan, constraint_sum, flat_nonzero
+from .constraint import ConstraintPlan, constraint_backward, constraint_plan, constraint_sum
 from .swap import swap_add_, swap_backward, swap_cancel_, swap_plan
 
 
@@ -75,12 +75,13 @@ class _Coupled(torch.autograd.Function):
         return (None, *gA, *gW, *gb)
 
 
-def coupled_decodes(acts, W, b, parents, supports, swap, rho: float, out_dtype: torch.dtype):
+def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: torch.dtype):
     """(x~_l per level [B, d] in out_dtype, batch-mean constraint per level pair (empty if rho = 0)).
 
     acts[l] [B, n_l] activations, W[l] [n_l, d] unit-norm decoder rows, b[l] [d] decoder biases,
     parents[l] (l >= 1) [n_l] int64 parent array (-1 = none; parents[0] is unused),
-    supports[l] bool [B, n_l] where a_l is active or its threshold gradient is nonzero,
+    entries[l] the ascending flat indices (`flat_nonzero`) of level l's support, where a_l is active
+    or its threshold gradient is nonzero (None where neither a swap nor the constraint runs),
     swap[l] bool [n_l] of the parents swapped this step (None: none).
     Under autocast the products run in its dtype; the constraint stays in the weights' dtype.
     """
@@ -88,8 +89,6 @@ def coupled_decodes(acts, W, b, parents, supports, swap, rho: float, out_dtype: 
     dev = W[0].device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else W[0].dtype
     swapping = [l < L - 1 and swap[l] is not None for l in range(L)]
-    # each level's support entries: the swap and the constraint only ever touch those
-    entries = [flat_nonzero(s) for s in supports] if rho > 0 or any(swapping) else []
     n = [w.shape[0] for w in W]
     swaps = [swap_plan(parents[l + 1], swap[l], entries[l], n[l], entries[l + 1], n[l + 1]) if swapping[l] else None
              for l in range(L)]

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .constraint import flat_nonzero
 from .couple import coupled_decodes
 from .hsae import HSAE
 from .jumprelu import jumprelu_l0
@@ -93,17 +94,20 @@ def hsae_loss(
     L = len(model.levels)
     swap = swap or [None] * L
     dead = dead or [None] * L
-    hs, acts, l0s_t, supports = [], [], [], []
+    # the swap and the constraint touch only each level's support entries, found while the mask is
+    # still in the cache
+    sparse = rho > 0 or any(s is not None for s in swap)
+    hs, acts, l0s_t, entries = [], [], [], []
     for lv in model.levels:
         h, a, l0, support = encode(lv, x, bandwidth)
         hs.append(h)
         acts.append(a)
         l0s_t.append(l0)
-        supports.append(support)
+        entries.append(flat_nonzero(support) if sparse else None)
 
     levels = model.levels
     parents = [None] + [model.parent(l) for l in range(1, L)]
-    x_ts, cons = coupled_decodes(acts, [v.W_dec for v in levels], [v.b_dec for v in levels], parents, supports,
+    x_ts, cons = coupled_decodes(acts, [v.W_dec for v in levels], [v.b_dec for v in levels], parents, entries,
                                  swap, rho, x.dtype)
     total = x.new_zeros(())
     mses, l0s, ghosts = [], [], []
