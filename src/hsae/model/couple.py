@@ -88,10 +88,9 @@ def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: t
     L = len(acts)
     dev = W[0].device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else W[0].dtype
-    swapping = [l < L - 1 and swap[l] is not None for l in range(L)]
     n = [w.shape[0] for w in W]
-    swaps = [swap_plan(parents[l + 1], swap[l], entries[l], n[l], entries[l + 1], n[l + 1]) if swapping[l] else None
-             for l in range(L)]
+    swaps = [swap_plan(parents[l + 1], swap[l], entries[l], n[l], entries[l + 1], n[l + 1])
+             if l < L - 1 and swap[l] is not None else None for l in range(L)]
     cons: list[ConstraintPlan] = []
     if rho > 0:
         cons = [constraint_plan(entries[l + 1], n[l + 1], parents[l + 1], entries[l], n[l], W[l].dtype)

@@ -5,8 +5,9 @@
 x~_l is level l's reconstruction with swapped parents replaced by their children:
   x~_l = A_l W_l + b_dec_l + A_{l+1}[:, C(S)] W_{l+1}[C(S)] - A_l[:, S] W_l[S]
 where S are the swapped parents with children (one mask per step, shared by the batch) and
-C(S) their children (model/swap.py). The two corrections touch only ~r of the columns, so
-the swap costs ~r of a decode. The decodes, swaps and constraints are one autograd node
+C(S) their children (model/swap.py). The corrections are one decoder row per support entry in
+those columns (~r of a level's entries), and the constraint too touches only support entries
+(model/constraint.py). The decodes, swaps and constraints are one autograd node
 (model/couple.py), so each level's gradients are built once.
 """
 
