@@ -12,7 +12,7 @@ neither.
 Everything here runs in numpy, never in torch: a thread that runs a large torch op starts an
 OpenMP team of its own, and once a process has more OpenMP threads than cores, libgomp stops
 spinning between parallel regions. Every parallel op of the training thread then pays a
-wake-up; on 2 cores that made a whole training step ~30% slower (bench/RESULTS.md).
+wake-up; on 2 cores that made a whole training step ~25% slower (bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -41,8 +41,9 @@ def swap_plan(parent, swap, entries_p, n_p: int, entries_c, n_c: int) -> SwapPla
     par = parent.clamp_min(0)
     hit = has_parent & swap[par]  # children of a swapped parent
     swapped = torch.zeros(n_p, dtype=torch.int32, device=parent.device).index_add_(0, par, hit.int()) > 0
-    ec = entries_c[hit[entries_c % n_c]]
-    ep = entries_p[swapped[entries_p % n_p]]
+    # explicit nonzero, not a boolean index: the same data-dependent shape, but one the sync-count test sees
+    ec = entries_c.index_select(0, hit[entries_c % n_c].nonzero().squeeze(1))
+    ep = entries_p.index_select(0, swapped[entries_p % n_p].nonzero().squeeze(1))
     if ec.numel() == 0 and ep.numel() == 0:
         return None
     return SwapPlan(ec, ec // n_c, ec % n_c, ep, ep // n_p, ep % n_p)
