@@ -236,3 +236,26 @@ def test_closing_does_not_wait_for_the_window_being_computed():
     assert time.perf_counter() - t0 < 0.5  # the piece under way, not the window's 3 pieces (0.9 s)
     again, _ = _fake_stream(n_contexts=400, buffer_rows=150 * PER)
     assert torch.equal(live.batch(0), again.batch(0)) and torch.equal(first, again.batch(0))
+
+
+def test_a_window_without_ordinary_rows_is_skipped_and_a_stream_without_any_is_an_error():
+    """Windows of special tokens only (a chunk of empty documents) hold no rows: batches continue
+    with the next window; only a stream with no ordinary row at all is a (one-line) user error."""
+    from hsae.config import UserError
+
+    live, src = _fake_stream()
+    rows_of = live.rows_of
+
+    def blank_early(cs):  # contexts 0-11 (the first three chunks) are all special tokens
+        x, tok = rows_of(cs)
+        tok[np.repeat(np.asarray(cs) < 12, PER)] = 7
+        return x, tok
+
+    live.rows_of = blank_early
+    assert [len(live._load(g)) for g in range(3)] == [0, 0, 0]
+    first = live.batch(0)
+    assert first.shape == (live.B, 4) and (first[:, 0] >= 12).all()
+    live, _ = _fake_stream()
+    live.rows_of = lambda cs: (rows_of(cs)[0], np.full(len(cs) * PER, 7))
+    with pytest.raises(UserError, match="no ordinary rows"):
+        live.batch(0)

@@ -93,3 +93,19 @@ def test_two_trainings_of_one_run_and_a_holder_killed_with_9(tmp_path, capsys):
     assert "is the run finished" in capsys.readouterr().err
     with output_lock(tmp_path / "run", "train"):
         pass
+
+
+def test_a_killed_conversions_temporary_copy_is_swept(tmp_path):
+    """A dequantisation killed midway leaves NAME.tmp-PID behind; the next conversion removes it
+    (and only the copies of that model, not its finished directory or another model's)."""
+    from hsae.data.models import _sweep_stale
+
+    out = tmp_path / "gemma3-270m-hf"
+    stale = [tmp_path / "gemma3-270m-hf.tmp-123", tmp_path / "gemma3-270m-hf.tmp-4567"]
+    keep = [out, tmp_path / "other-hf.tmp-1"]
+    for d in stale + keep:
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x")
+    _sweep_stale(out)
+    assert not any(d.exists() for d in stale)
+    assert all((d / "model.safetensors").is_file() for d in keep)

@@ -165,11 +165,7 @@ class LiveStream:
         p, k = divmod(g, self.n_chunks + 1)
         c = p * self.n_chunks + k
         parts = ([self._halves_of(c - 1)[1]] if k else []) + ([self._halves_of(c)[0]] if k < self.n_chunks else [])
-        x = torch.cat(parts)
-        if len(x) == 0:
-            from ..config import UserError
-
-            raise UserError("the live stream has no ordinary rows (every row is a special token or massive)")
+        x = torch.cat(parts)  # may be empty (a chunk of special tokens only): batch() moves on
         return x[torch.from_numpy(_rng(self.seed, 2, g).permutation(len(x)))]
 
     def _get_window(self, g: int, start_row: int) -> torch.Tensor:
@@ -225,9 +221,14 @@ class LiveStream:
             if step not in self._pos:
                 raise ValueError(f"live stream: step {step} asked for out of order")
             g, off = self._pos[step]
-        need, out = self.B, []
+        need, out, empty = self.B, [], 0
         while need:
             w = self._get_window(g, step * self.B + (self.B - need) - off)
+            empty = empty + 1 if len(w) == 0 else 0
+            if empty > self.n_chunks:  # a whole pass of windows without one row
+                from ..config import UserError
+
+                raise UserError("the live stream has no ordinary rows (every row is a special token or massive)")
             take = min(need, len(w) - off)
             out.append(w[off:off + take])
             need -= take

@@ -122,6 +122,13 @@ def _gemma_gguf() -> Path:
     return target
 
 
+def _sweep_stale(out: Path) -> None:
+    """Remove the .tmp-* copies of out that killed conversions left (call under the cache lock:
+    then no other process is converting)."""
+    for stale in out.parent.glob(out.name + ".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _converted(name: str, gguf: Path) -> Path:
     """A safetensors copy of the dequantised GGUF model and its tokenizer, made on first use."""
     from safetensors.torch import save_model
@@ -131,8 +138,8 @@ def _converted(name: str, gguf: Path) -> Path:
     with _CacheLock():
         if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
             return out
+        _sweep_stale(out)
         tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         kw = {"gguf_file": gguf.name}
         AutoTokenizer.from_pretrained(str(gguf.parent), **kw).save_pretrained(tmp)
         lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
