@@ -74,9 +74,9 @@ def run_one(out: str, config: str, seed: int, method: str, tree: str) -> dict:
     acts, sizes = _store(out, config, seed)
     _, l0, steps = CONFIGS[config]
     run = out / f"{config}-s{seed}" / f"{method}-{tree}"
-    base, _, hub = method.partition("-")  # e.g. hsae, posthoc, hsae-csls
+    base, *opts = method.split("-")  # e.g. hsae, posthoc, hsae-csls, posthoc-split, hsae-csls-split
     cfg = TrainConfig(levels=sizes, l0=[l0], steps=steps, seed=seed, tree=tree, baseline=base == "posthoc",
-                      hub=hub or "none")
+                      hub="csls" if "csls" in opts else "none", restart="split" if "split" in opts else "residual")
     assert train(cfg, acts, run, progress=False) == 0
     ev = evaluate_run(run)
     return {"config": config, "seed": seed, "method": method, "tree": tree, "sizes": sizes, **_summary(ev, l0)}
@@ -109,7 +109,7 @@ def main() -> int:
     p.add_argument("--configs", default="issue-a,hard,hard-wide", help="comma-separated synthetic configurations")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data and training)")
     p.add_argument("--trees", default="partial,full", help="comma-separated tree shapes")
-    p.add_argument("--methods", default="hsae,posthoc", help="comma-separated: hsae, posthoc, optionally -csls (e.g. hsae-csls)")
+    p.add_argument("--methods", default="hsae,posthoc", help="comma-separated: hsae, posthoc, with -csls (hub rule) and/or -split (restarts), e.g. hsae-csls")
     p.add_argument("--jobs", type=int, default=2, help="runs trained side by side (one thread each)")
     a = p.parse_args()
     grid = [(c, int(s), m, t) for c in a.configs.split(",") for s in a.seeds.split(",")

@@ -75,3 +75,22 @@ def test_config_round_trips_and_drives_training(tmp_path, capsys, synth):
     assert "already finished" in capsys.readouterr().out
     _fails(capsys, ["train", "--acts", str(synth), "--out", str(out), "--config", str(tmp_path / "c.json"),
                     "--seed", "6", "--quiet"], "different config (seed)")
+
+
+def test_a_run_written_before_restart_existed_still_loads_as_residual(tmp_path):
+    """Runs of an older hsae name no `restart`; they load (and resume) as the residual restart they
+    ran with, while any other missing key is still an error."""
+    import json
+
+    import pytest
+
+    from hsae.config import TrainConfig, UserError
+
+    d = json.loads(TrainConfig().to_json())
+    del d["restart"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert TrainConfig.load(tmp_path / "config.json", complete=True).restart == "residual"
+    del d["rho"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(UserError, match="missing config keys: rho"):
+        TrainConfig.load(tmp_path / "config.json", complete=True)

@@ -53,3 +53,36 @@ def test_nothing_dead_nothing_restarted():
     opt = torch.optim.Adam(lv.parameters())
     assert resample_level(lv, torch.zeros(4, dtype=torch.bool), x, opt, 0.25).numel() == 0
     assert torch.equal(before, lv.W_dec.detach())
+
+
+def test_split_restart_cuts_the_merged_feature_into_its_two_directions():
+    """--restart split: the dead feature and the merger become the two merged directions, one each;
+    the features that were fine are untouched, and a level without a merger falls back to the
+    residual restart (the dead feature still restarts)."""
+    from hsae.train.resample import split_level
+
+    lv, x, u, _ = _merged_level()
+    opt = torch.optim.Adam(lv.parameters(), lr=1e-3)
+    (lv.decode(lv.encode(x)) - x).square().sum().backward()
+    opt.step()
+    before = lv.W_dec.detach().clone()
+    dead = torch.tensor([False, False, False, True])
+    assert split_level(lv, dead, x, opt, rate=0.25, seed=0).tolist() == [3]
+    W = lv.W_dec.detach()
+    cos = W[[0, 3]] @ u[:2].t()  # [feature 0 / 3, direction 0 / 1]
+    assert cos.max(1).values.min() > 0.95 and cos.argmax(1).unique().numel() == 2, cos
+    assert torch.equal(W[1:3], before[1:3])
+    assert torch.allclose(lv.W_enc.detach()[:, 3] / lv.W_enc.detach()[:, 3].norm(), W[3], atol=1e-5)
+    st = opt.state[lv.W_dec]
+    assert torch.all(st["exp_avg"][[0, 3]] == 0)
+
+    # no merger (the busy feature is a true direction, its residual is diffuse): residual restart
+    g = torch.Generator().manual_seed(1)
+    x2 = u[0] * (1 + 0.1 * torch.rand(4000, 1, generator=g)) + 0.05 * torch.randn(4000, u.shape[1], generator=g)
+    lv2, _, _, _ = _merged_level()
+    with torch.no_grad():
+        lv2.W_dec[0] = u[0]
+        lv2.W_enc[:, 0] = u[0]
+    opt2 = torch.optim.Adam(lv2.parameters())
+    assert split_level(lv2, dead, x2, opt2, rate=0.25, seed=0).tolist() == [3]
+    assert torch.allclose(lv2.W_dec.detach()[0], u[0])  # the true feature is not cut

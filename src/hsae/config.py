@@ -11,6 +11,11 @@ from pathlib import Path
 from .model.forest import HUBS, SIMILARITIES, TREES
 
 
+RESTARTS = ("residual", "split")  # train/resample.py: resample_level, split_level
+# Fields added after runs were written, with the value that reproduces those runs.
+LATER = {"restart": "residual"}
+
+
 class UserError(Exception):
     """Bad input from the user: the CLI prints it on one line and exits with status 2."""
 
@@ -44,6 +49,7 @@ class TrainConfig:
     dead_fraction: float = 0.01  # dead: fired < this fraction of its level's mean rate (L0/n) in a window;
     # dead features get ghost grads and stay out of the forest
     resample: bool = True  # restart dead features on badly reconstructed inputs (train/resample.py)
+    restart: str = "residual"  # how: residual (on one badly reconstructed input) | split (split merged busy features)
     holdout: float = 0.05  # fraction of the store (its tail) kept for evaluation
     checkpoint_every: int = 500  # steps between checkpoints (also written on SIGINT/SIGTERM)
     log_every: int = 10  # steps between training-log lines
@@ -73,6 +79,8 @@ class TrainConfig:
             raise UserError(f"--tree must be one of {', '.join(TREES)}")
         if self.hub not in HUBS:
             raise UserError(f"--hub must be one of {', '.join(HUBS)}")
+        if self.restart not in RESTARTS:
+            raise UserError(f"--restart must be one of {', '.join(RESTARTS)}")
         checks = [
             (self.steps > 0, "--steps must be positive"),
             (0 <= self.seed < 2**31, "--seed must be in [0, 2^31)"),
@@ -116,6 +124,8 @@ class TrainConfig:
         unknown = set(d) - set(fields)
         if unknown:
             raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        if complete:  # a run written before a field existed ran as its value in LATER says
+            d = {**{k: v for k, v in LATER.items() if k not in d}, **d}
         missing = set(fields) - set(d) if complete else set()
         if missing:
             raise UserError(f"missing config keys: {', '.join(sorted(missing))} (written by another hsae?)")

@@ -16,6 +16,15 @@ entries, so the first step after the restart has an ordinary size). Ghost gradie
 leave a few features of every level dead for good (measured in the forest-quality issue);
 restarting them on what the level fails to reconstruct gives them a reason to fire.
 Restarts stop after RESAMPLE_UNTIL of the run, so every feature has time to settle.
+
+`split_level` (TrainConfig.restart = "split") goes one step further for a merger: the busiest
+features' residuals on their own rows are +-(A - B)/2 when they merge A and B, so the first
+principal direction u of those residuals, scaled by s = mean |r.u| / a, splits the merger
+exactly: d +- s u point along A and B. A dead feature takes d + s u, the busy one d - s u
+(encoders along the new decoder rows, at the busy encoder's norm; the same bias and
+threshold). Only residuals whose first direction holds at least SPLIT_SHARE of their energy are
+split (a frequent true feature's residual is the other features' diffuse error); the other dead
+features get the residual restart above.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import torch
 
 BUSY = 1.5  # a feature firing above this multiple of its level's mean rate is busy
 RESAMPLE_UNTIL = 0.5  # fraction of the run after which dead features are no longer restarted
+SPLIT_SHARE = 0.2  # least share of a busy feature's residual energy along one direction that is split
 
 
 @torch.no_grad()
@@ -57,6 +67,45 @@ def resample_level(level, dead: torch.Tensor, x: torch.Tensor, opt: torch.optim.
     level.log_threshold[idx] = torch.quantile(h, 1 - rate, dim=0).clamp_min(1e-3).log()
     _reset_moments(opt, level, idx, live)
     return idx
+
+
+@torch.no_grad()
+def split_level(level, dead: torch.Tensor, x: torch.Tensor, opt: torch.optim.Optimizer, rate: float,
+                seed: int = 0) -> torch.Tensor:
+    """Restart dead features by splitting the busiest features that look merged; the others by
+    resample_level. Returns the restarted (formerly dead) indices; as resample_level otherwise."""
+    idx = dead.nonzero().squeeze(1)
+    if idx.numel() == 0 or not bool((~dead).any()):
+        return idx[:0]
+    a = level.encode(x)
+    res, fire = x - level.decode(a), a > 0
+    rates = fire.float().mean(0).masked_fill(dead, 0.0)
+    order = rates.argsort(descending=True)[:idx.numel()]
+    pairs = []  # (dead feature, busy feature it splits)
+    for k, b in zip(idx.tolist(), order[rates[order] > BUSY * rate].tolist()):
+        r = res[fire[:, b]]
+        if len(r) < 4:
+            continue
+        sv = torch.linalg.svd(r, full_matrices=False)
+        if float(sv.S[0].square() / sv.S.square().sum()) < SPLIT_SHARE:
+            continue
+        u = sv.Vh[0]
+        s = ((r @ u).abs() / a[fire[:, b], b].clamp_min(1e-6)).mean().clamp(max=2.0)
+        d, norm = level.W_dec[b].clone(), level.W_enc[:, b].norm()
+        for j, sign in ((k, 1.0), (b, -1.0)):
+            level.W_dec[j] = torch.nn.functional.normalize(d + sign * s * u, dim=0)
+            level.W_enc[:, j] = level.W_dec[j] * norm
+        level.b_enc[k], level.log_threshold[k] = level.b_enc[b], level.log_threshold[b]
+        pairs.append((k, b))
+    split = torch.tensor([k for k, _ in pairs], dtype=torch.long, device=idx.device)
+    if pairs:
+        touched = torch.tensor([j for p in pairs for j in p], dtype=torch.long, device=idx.device)
+        live = ~dead
+        live[touched] = False
+        _reset_moments(opt, level, touched, live)
+    rest = dead.clone()
+    rest[split] = False
+    return torch.cat([split, resample_level(level, rest, x, opt, rate, seed)]).sort().values
 
 
 def _reset_moments(opt: torch.optim.Optimizer, level, idx: torch.Tensor, live: torch.Tensor) -> None:

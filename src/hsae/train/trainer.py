@@ -35,7 +35,7 @@ from ..model.loss import encode_level
 from ..rundir import CHECKPOINT, CONFIG, LOG, MODEL, OLD_CHECKPOINT, read_log, save_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .controller import L0Controller
-from .resample import RESAMPLE_UNTIL, resample_level
+from .resample import RESAMPLE_UNTIL, resample_level, split_level
 from .dist import Dist, resolve_dtype
 from .schedule import lr_at
 
@@ -291,8 +291,9 @@ class Trainer:
             x = self.dist.sum_(full)
         counts = []
         for l, lv in enumerate(self.model.levels):
-            idx = resample_level(lv, self.dead[l], x, self.opt, self.cfg.l0_targets[l] / lv.n,
-                                 (self.cfg.seed << 32) + self.step * 16 + l)
+            restart = split_level if self.cfg.restart == "split" else resample_level
+            idx = restart(lv, self.dead[l], x, self.opt, self.cfg.l0_targets[l] / lv.n,
+                          (self.cfg.seed << 32) + self.step * 16 + l)
             self.dead[l][idx] = False
             self.live[l][idx] = False
             counts.append(int(idx.numel()))
