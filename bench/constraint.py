@@ -13,9 +13,7 @@ Finished runs are reused (rerun to resume).
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -59,32 +57,11 @@ def run_one(out: str, config: str, seed: int, variant: str) -> dict:
     return {"config": config, "seed": seed, "variant": variant, **fq._summary(ev, l0)}
 
 
-def _table(results: list[dict]) -> str:
-    groups: dict[tuple, list[dict]] = {}
-    for r in results:
-        groups.setdefault((r["config"], r["variant"]), []).append(r)
-    lines = ["| config | variant | n | " + " | ".join(COLS) + " |", "|---" * (len(COLS) + 3) + "|"]
-    for (config, variant), rs in groups.items():
-        cells = []
-        for c in COLS:
-            v = [r[c] for r in rs]
-            cell = f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}"
-            if c in ("hamming", "p_parent_given_child"):
-                cell += f" ({statistics.mean(r[c + '_chance'] for r in rs):.3f})"
-            cells.append(cell)
-        lines.append(f"| {config} | {variant} | {len(rs)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main() -> int:
     """Run the sweep and print JSON lines, then the table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="directory for stores and runs")
-    p.add_argument("--configs", default="issue-a,hard,hard-wide", help="comma-separated synthetic configurations")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data and training)")
+    p = fq.parser(__doc__)
     p.add_argument("--rhos", default="0,0.01,0.1,1", help="comma-separated constraint weights for the HSAE")
     p.add_argument("--oracle", action="store_true", help="also train with the truth's forest fixed from step 0")
-    p.add_argument("--jobs", type=int, default=2, help="runs trained side by side (one thread each)")
     a = p.parse_args()
     rhos = [f"{float(r):g}" for r in a.rhos.split(",")]
     variants = ["posthoc"] + [f"hsae-{r}" for r in rhos] + ([f"oracle-{r}" for r in rhos if float(r) > 0]
@@ -97,7 +74,7 @@ def main() -> int:
         for r in pool.map(run_one, *zip(*[(a.out, *g) for g in grid])):
             results.append(r)
             print(json.dumps(r), flush=True)
-    print(_table(results))
+    print(fq._table(results, ("config", "variant"), COLS))
     return 0
 
 

@@ -82,14 +82,17 @@ def run_one(out: str, config: str, seed: int, method: str, tree: str) -> dict:
     return {"config": config, "seed": seed, "method": method, "tree": tree, "sizes": sizes, **_summary(ev, l0)}
 
 
-def _table(results: list[dict]) -> str:
+TABLE_COLS = ["edge_precision", "edge_f1", "feature_match_hungarian", "hamming", "p_parent_given_child",
+              "var_explained", "max_dead_fraction", "max_l0_error", "largest_family_over_mean"]
+
+
+def _table(results: list[dict], keys=("config", "tree", "method"), cols=TABLE_COLS) -> str:
+    """Markdown table of seed means +- std (ddof 1) per group of `keys`, chance levels in brackets."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["config"], r["tree"], r["method"]), []).append(r)
-    cols = ["edge_precision", "edge_f1", "feature_match_hungarian", "hamming", "p_parent_given_child",
-            "var_explained", "max_dead_fraction", "max_l0_error", "largest_family_over_mean"]
-    lines = ["| config | tree | method | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + 4) + "|"]
-    for (config, tree, method), rs in sorted(groups.items()):
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    lines = ["| " + " | ".join(keys) + " | n | " + " | ".join(cols) + " |", "|---" * (len(cols) + len(keys) + 1) + "|"]
+    for key, rs in sorted(groups.items()):
         cells = []
         for c in cols:
             v = [r[c] for r in rs]
@@ -98,19 +101,25 @@ def _table(results: list[dict]) -> str:
             if c in ("hamming", "p_parent_given_child"):
                 cell += f" (chance {statistics.mean(r[c + '_chance'] for r in rs):.3f})"
             cells.append(cell)
-        lines.append(f"| {config} | {tree} | {method} | {len(rs)} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(map(str, key)) + f" | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every synthetic-forest bench takes: --out, --configs, --seeds, --jobs."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--out", required=True, help="directory for stores and runs")
+    p.add_argument("--configs", default="issue-a,hard,hard-wide", help="comma-separated synthetic configurations")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data and training)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained side by side (one thread each)")
+    return p
 
 
 def main() -> int:
     """Run the grid and print JSON lines, then the table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="directory for stores and runs")
-    p.add_argument("--configs", default="issue-a,hard,hard-wide", help="comma-separated synthetic configurations")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data and training)")
+    p = parser(__doc__)
     p.add_argument("--trees", default="partial,full", help="comma-separated tree shapes")
     p.add_argument("--methods", default="hsae,posthoc", help="comma-separated: hsae, posthoc, with -csls (hub rule) and/or -split (restarts), e.g. hsae-csls")
-    p.add_argument("--jobs", type=int, default=2, help="runs trained side by side (one thread each)")
     a = p.parse_args()
     grid = [(c, int(s), m, t) for c in a.configs.split(",") for s in a.seeds.split(",")
             for t in a.trees.split(",") for m in a.methods.split(",")]
