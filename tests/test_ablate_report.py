@@ -177,6 +177,15 @@ def test_aggregate_groups_runs_equal_but_for_the_seed():
     assert list(aggregate(evals, by="run")) == list(evals)
 
 
+def test_a_run_older_than_a_config_field_groups_with_runs_naming_its_value():
+    """A run written before `restart` existed ran the residual restart: it is a seed of the same
+    group as a newer run with restart=residual, not of one with restart=split."""
+    evals = {"a-s0": _ev(1.0, 4.0, {"seed": 0}), "a-s1": _ev(2.0, 6.0, {"seed": 1, "restart": "residual"}),
+             "b-s0": _ev(3.0, 5.0, {"seed": 0, "restart": "split"})}
+    g = aggregate(evals)
+    assert list(g) == ["a", "b"] and g["a"]["runs"] == ["a-s0", "a-s1"]
+
+
 def test_comparison_table_shows_groups_with_spread_and_chance():
     evals = {"a-s0": _ev(1.0, 4.0, {"seed": 0}, 9.0), "a-s1": _ev(2.0, 6.0, {"seed": 1}, 11.0),
              "old": _ev(1.0, 2.0)}

@@ -10,6 +10,8 @@ import json
 import math
 import re
 
+from ..config import LATER
+
 COLUMNS = ["l0", "var_explained", "p_parent_given_child", "p_child_given_parent", "hamming"]
 CHANCE = ["p_parent_given_child", "p_child_given_parent", "hamming"]  # columns shown with their chance level
 RECOVERY = ["feature_match", "edge_precision", "edge_recall", "edge_f1"]
@@ -82,7 +84,8 @@ def group_key(name: str, ev: dict, by: str = "config") -> str:
     cfg = ev.get("config")
     if by == "config" and cfg is not None:
         # plus the store it was evaluated on: one run evaluated on two stores is not two seeds
-        same = {k: v for k, v in cfg.items() if k != "seed"} | {"eval acts": ev.get("acts")}
+        # (a run older than a config field ran as LATER says: the same group as one naming it)
+        same = {**LATER, **{k: v for k, v in cfg.items() if k != "seed"}, "eval acts": ev.get("acts")}
         return "config:" + json.dumps(same, sort_keys=True)
     if by == "run":
         return "run:" + name
