@@ -61,6 +61,14 @@ def _summary(ev: dict, target: float) -> dict:
     }
 
 
+def _method(method: str) -> tuple[str, list[str]]:
+    """('hsae' or 'posthoc', its options) of e.g. hsae, posthoc-split, hsae-csls-split."""
+    base, *opts = method.split("-")
+    if base not in ("hsae", "posthoc") or set(opts) - {"csls", "split"}:
+        raise SystemExit(f"unknown method {method!r}: hsae or posthoc, with -csls and/or -split")
+    return base, opts
+
+
 def run_one(out: str, config: str, seed: int, method: str, tree: str) -> dict:
     """Train (or reuse) one run and return its summary."""
     import torch
@@ -74,7 +82,7 @@ def run_one(out: str, config: str, seed: int, method: str, tree: str) -> dict:
     acts, sizes = _store(out, config, seed)
     _, l0, steps = CONFIGS[config]
     run = out / f"{config}-s{seed}" / f"{method}-{tree}"
-    base, *opts = method.split("-")  # e.g. hsae, posthoc, hsae-csls, posthoc-split, hsae-csls-split
+    base, opts = _method(method)
     cfg = TrainConfig(levels=sizes, l0=[l0], steps=steps, seed=seed, tree=tree, baseline=base == "posthoc",
                       hub="csls" if "csls" in opts else "none", restart="split" if "split" in opts else "residual")
     assert train(cfg, acts, run, progress=False) == 0
@@ -121,6 +129,8 @@ def main() -> int:
     p.add_argument("--trees", default="partial,full", help="comma-separated tree shapes")
     p.add_argument("--methods", default="hsae,posthoc", help="comma-separated: hsae, posthoc, with -csls (hub rule) and/or -split (restarts), e.g. hsae-csls")
     a = p.parse_args()
+    for m in a.methods.split(","):  # a typo fails here, not after the stores are drawn
+        _method(m)
     grid = [(c, int(s), m, t) for c in a.configs.split(",") for s in a.seeds.split(",")
             for t in a.trees.split(",") for m in a.methods.split(",")]
     for c, s, _, _ in grid:  # stores first, once each, outside the pool

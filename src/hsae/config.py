@@ -48,7 +48,7 @@ class TrainConfig:
     dead_steps: int = 1000  # window (capped at 10% of steps) over which firing is counted
     dead_fraction: float = 0.01  # dead: fired < this fraction of its level's mean rate (L0/n) in a window;
     # dead features get ghost grads and stay out of the forest
-    resample: bool = True  # restart dead features on badly reconstructed inputs (train/resample.py)
+    resample: bool = True  # restart dead features during the first half of the run (train/resample.py)
     restart: str = "residual"  # how: residual (on one badly reconstructed input) | split (split merged busy features)
     holdout: float = 0.05  # fraction of the store (its tail) kept for evaluation
     checkpoint_every: int = 500  # steps between checkpoints (also written on SIGINT/SIGTERM)

@@ -290,8 +290,8 @@ class Trainer:
             full[self.dist.rank * part:(self.dist.rank + 1) * part] = x
             x = self.dist.sum_(full)
         counts = []
+        restart = split_level if self.cfg.restart == "split" else resample_level
         for l, lv in enumerate(self.model.levels):
-            restart = split_level if self.cfg.restart == "split" else resample_level
             idx = restart(lv, self.dead[l], x, self.opt, self.cfg.l0_targets[l] / lv.n,
                           (self.cfg.seed << 32) + self.step * 16 + l)
             self.dead[l][idx] = False
