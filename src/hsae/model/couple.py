@@ -81,7 +81,7 @@ def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: t
     acts[l] [B, n_l] activations, W[l] [n_l, d] unit-norm decoder rows, b[l] [d] decoder biases,
     parents[l] (l >= 1) [n_l] int64 parent array (-1 = none; parents[0] is unused),
     entries[l] the ascending flat indices (`flat_nonzero`) of level l's support, where a_l is active
-    or its threshold gradient is nonzero (None where neither a swap nor the constraint runs),
+    or its threshold gradient is nonzero (only the constraint uses them: None where rho = 0),
     swap[l] bool [n_l] of the parents swapped this step (None: none).
     Under autocast the products run in its dtype; the constraint stays in the weights' dtype.
     """
@@ -89,8 +89,8 @@ def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: t
     dev = W[0].device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else W[0].dtype
     n = [w.shape[0] for w in W]
-    swaps = [swap_plan(parents[l + 1], swap[l], entries[l], n[l], entries[l + 1], n[l + 1])
-             if l < L - 1 and swap[l] is not None else None for l in range(L)]
+    swaps = [swap_plan(parents[l + 1], swap[l], n[l]) if l < L - 1 and swap[l] is not None else None
+             for l in range(L)]
     cons: list[ConstraintPlan] = []
     if rho > 0:
         cons = [constraint_plan(entries[l + 1], n[l + 1], parents[l + 1], entries[l], n[l], W[l].dtype)

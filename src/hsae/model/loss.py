@@ -5,9 +5,8 @@
 x~_l is level l's reconstruction with swapped parents replaced by their children:
   x~_l = A_l W_l + b_dec_l + A_{l+1}[:, C(S)] W_{l+1}[C(S)] - A_l[:, S] W_l[S]
 where S are the swapped parents with children (one mask per step, shared by the batch) and
-C(S) their children (model/swap.py). The corrections are one decoder row per support entry in
-those columns (~r of a level's entries), and the constraint too touches only support entries
-(model/constraint.py). The decodes, swaps and constraints are one autograd node
+C(S) their children (model/swap.py). The corrections are two small dense products over those
+~r of the columns, and the constraint touches only support entries (model/constraint.py). The decodes, swaps and constraints are one autograd node
 (model/couple.py), so each level's gradients are built once.
 """
 
@@ -95,9 +94,8 @@ def hsae_loss(
     L = len(model.levels)
     swap = swap or [None] * L
     dead = dead or [None] * L
-    # the swap and the constraint touch only each level's support entries, found while the mask is
-    # still in the cache
-    sparse = rho > 0 or any(s is not None for s in swap)
+    # the constraint touches only each level's support entries, found while the mask is still in the cache
+    sparse = rho > 0
     hs, acts, l0s_t, entries = [], [], [], []
     for lv in model.levels:
         h, a, l0, support = encode(lv, x, bandwidth)
