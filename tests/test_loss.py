@@ -66,7 +66,6 @@ def test_coupled_node_gradcheck_with_chunks(monkeypatch, chunked):
     with what the forward keeps for it, and when every constraint loop runs in several chunks."""
     if chunked:
         monkeypatch.setattr(constraint_mod, "_CHUNK_FLOATS", 16)
-        monkeypatch.setattr(constraint_mod, "_KEEP_FLOATS", 16)
     g = torch.Generator().manual_seed(0)
     B, n, d = 6, (4, 12, 20), 5
     parents = [None, torch.tensor([0, 0, 0, 1, 1, -1, 2, 2, 2, 2, -1, 0]),  # parent 3 has no child

@@ -7,7 +7,7 @@ Per input and per parent i with children C(i), with unit-norm decoder rows w:
 Every term needs only the entries in the JumpReLU's support (active, or inside the threshold
 kernel, where the threshold's pseudo-gradient lives), as flat indices: the first one the parent
 level's, the others the children's. The middle one uses each child's cosine to its parent
-(n_c * d, a fraction of one decode), the last one's diagonal is sum_c a_c^2, and its
+(n_c * d, a fraction of one decode; its backward two sparse-dense products), the last one's diagonal is sum_c a_c^2, and its
 off-diagonal part is computed per (input, parent) group with at least two such children,
 in chunks (kept for the backward when they fit one).
 
@@ -18,6 +18,7 @@ hand the engine one more full-size tensor to sum per input, an allocation and a 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +27,6 @@ import torch
 # Entries per chunk times d stays under this many floats (4 MB in fp32): temporaries this
 # small are recycled by the allocator, larger ones cost page faults on every step.
 _CHUNK_FLOATS = 1 << 20
-# A level pair's gathered parent rows W_p[parent] are kept for the backward up to this size
-# (16 MB in fp32: the demo's dims); at the paper's (150 MB) they are gathered again in chunks.
-_KEEP_FLOATS = 1 << 22
 
 
 def _row_chunks(n: int, d: int):
@@ -96,15 +94,35 @@ def _sibling_cross_backward(vals, W, cols, group, g, gv, gW, kept: list | None =
         gW.index_add_(0, cols[e0:e1], R.mul_(((2 * g) * vals[e0:e1])[:, None]))
 
 
-def _cosines(W_p, W_c, par) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(s[c] = W_p[par[c]] . W_c[c], the gathered rows W_p[par] if they fit _KEEP_FLOATS, for the backward)."""
-    if W_c.numel() <= _KEEP_FLOATS:
-        rows = W_p.index_select(0, par)
-        return torch.linalg.vecdot(rows, W_c), rows
-    s = W_c.new_empty(W_c.shape[0])
-    for r0, r1 in _row_chunks(*W_c.shape):
-        s[r0:r1] = torch.linalg.vecdot(W_p.index_select(0, par[r0:r1]), W_c[r0:r1])
-    return s, None
+def _cosines(W_p, W_c, par) -> torch.Tensor:
+    """s[c] = W_p[par[c]] . W_c[c], gathered chunk by chunk into one small reused buffer: an
+    [n_c, d] temporary is a fresh allocation per step, which costs more than the products
+    (at the paper's dims 200 ms against 27 ms; bench/RESULTS.md)."""
+    n, d = W_c.shape
+    s = W_c.new_empty(n)
+    buf = W_c.new_empty(min(n, max(1, _CHUNK_FLOATS // max(d, 1))), d)
+    for r0, r1 in _row_chunks(n, d):
+        b = buf[:r1 - r0]
+        torch.index_select(W_p, 0, par[r0:r1], out=b)
+        torch.sum(b.mul_(W_c[r0:r1]), 1, out=s[r0:r1])
+    return s
+
+
+def _cosines_backward(ds, par, W_p, W_c, gW_p, gW_c) -> None:
+    """Add the gradient of sum_c ds[c] s[c] into gW_p and gW_c: two sparse-dense products with the
+    one-hot parent matrix scaled by ds, in place (no [n_c, d] temporary, no gather)."""
+    n_c, n_p = W_c.shape[0], W_p.shape[0]
+    # the transpose as CSR too (the layout every backend multiplies): children ordered by parent
+    order = torch.argsort(par, stable=True)
+    crow = torch.zeros(n_p + 1, dtype=par.dtype, device=par.device).index_add_(0, par + 1, torch.ones_like(par))
+    with warnings.catch_warnings():  # torch calls CSR tensors beta; these products use their plainest form
+        warnings.simplefilter("ignore", UserWarning)
+        P = torch.sparse_csr_tensor(torch.arange(n_c + 1, device=par.device), par, ds, (n_c, n_p),
+                                    check_invariants=False)
+        Pt = torch.sparse_csr_tensor(crow.cumsum(0), order, ds.index_select(0, order), (n_p, n_c),
+                                     check_invariants=False)
+    gW_c.addmm_(P, W_p)  # row c: ds[c] W_p[par[c]]
+    gW_p.addmm_(Pt, W_c)  # row p: the sum over its children of ds[c] W_c[c]
 
 
 @dataclass
@@ -146,18 +164,17 @@ def constraint_sum(c: ConstraintPlan, a_p, a_c, W_p, W_c):
     vals = a_c.reshape(-1).index_select(0, c.flat) * c.keep  # an orphan's value counts for nothing
     ap = a_p.reshape(-1).index_select(0, c.pflat)
     pv = a_p.reshape(-1).index_select(0, c.pent)
-    s, rows = _cosines(W_p, W_c, c.par)
-    se = s.index_select(0, c.cols)
+    se = _cosines(W_p, W_c, c.par).index_select(0, c.cols)
     total = torch.dot(pv * c.pkeep, pv) - 2 * torch.dot(ap * vals, se) + _sq(vals)
     kept: list = []
     if c.sib.numel():
         total += sibling_cross(vals[c.sib], W_c, c.cols[c.sib], c.group, kept)
-    return total, (vals, ap, pv, se, kept, rows)
+    return total, (vals, ap, pv, se, kept)
 
 
 def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, gW_p, gW_c) -> None:
     """Add g times constraint_sum's gradient into the dense buffers ga_p, ga_c, gW_p, gW_c, in place."""
-    vals, ap, pv, se, kept, rows = saved
+    vals, ap, pv, se, kept = saved
     gv = (2 * g) * (vals - ap * se)
     if c.sib.numel():
         gs = torch.zeros_like(vals[c.sib])
@@ -167,12 +184,8 @@ def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, 
     ga_p.view(-1).index_add_(0, c.pent, (2 * g) * pv * c.pkeep)
     ga_p.view(-1).index_add_(0, c.pflat, (-2 * g) * vals * se)
     # d/dW of t2 through each child's cosine to its parent
-    ds = W_c.new_zeros(W_c.shape[0])
-    ds.index_add_(0, c.cols, (-2 * g) * ap * vals)
-    for r0, r1 in [(0, W_c.shape[0])] if rows is not None else _row_chunks(*W_c.shape):
-        p, d = c.par[r0:r1], ds[r0:r1, None]
-        gW_c[r0:r1].addcmul_(d, rows if rows is not None else W_p.index_select(0, p))
-        gW_p.index_add_(0, p, d * W_c[r0:r1])
+    ds = W_c.new_zeros(W_c.shape[0]).index_add_(0, c.cols, (-2 * g) * ap * vals)  # an orphan's is 0
+    _cosines_backward(ds, c.par, W_p, W_c, gW_p, gW_c)
 
 
 def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
