@@ -4,11 +4,11 @@ Per input and per parent i with children C(i), with unit-norm decoder rows w:
 
   ||a_i w_i - sum_c a_c w_c||^2 = a_i^2 - 2 sum_c a_i a_c (w_i . w_c) + ||sum_c a_c w_c||^2
 
-Every term needs only the entries in the JumpReLU's support (active, or inside the threshold
-kernel, where the threshold's pseudo-gradient lives), as flat indices: the first one the parent
-level's, the others the children's. The middle one uses each child's cosine to its parent
-(n_c * d, a fraction of one decode; its backward two sparse-dense products), the last one's diagonal is sum_c a_c^2, and its
-off-diagonal part is computed per (input, parent) group with at least two such children,
+The first term is one pass over the parent level's [B, n_p] activations. The others need only
+the child level's entries in the JumpReLU's support (active, or inside the threshold kernel,
+where the threshold's pseudo-gradient lives), as flat indices. The middle one uses each child's
+cosine to its parent (n_c * d, a fraction of one decode; its backward two sparse-dense
+products), the last one's diagonal is sum_c a_c^2, and its off-diagonal part is computed per (input, parent) group with at least two such children,
 in chunks (kept for the backward when they fit one).
 
 The backward is hand-written and adds into gradient buffers it is given, in place
@@ -136,18 +136,17 @@ class ConstraintPlan:
     cols: torch.Tensor  # each entry's child column
     sib: torch.Tensor  # entries of one (input, parent) group of two or more, sorted by group
     group: torch.Tensor  # their group index
-    pent: torch.Tensor  # flat [B * n_p] indices of the parent level's support entries
-    pkeep: torch.Tensor  # per parent entry, 1.0 where its feature has a child
+    has_child: torch.Tensor  # [n_p] 1.0 where the parent has a child
 
 
-def constraint_plan(entries_c, n_c: int, parent, entries_p, n_p: int, dtype) -> ConstraintPlan:
-    """The index sets of the constraint from each level's support entries (`flat_nonzero` of
-    [B, n] masks of where a is active or its threshold gradient is nonzero, a superset of a != 0),
-    parent [n_c] int64 (-1 = none). Features outside the forest are masked, not filtered: a
-    filter would be one more data-dependent shape (a host read on a GPU) per level pair."""
+def constraint_plan(entries_c, n_c: int, parent, n_p: int, dtype) -> ConstraintPlan:
+    """The index sets of the constraint from the child level's support entries (`flat_nonzero` of
+    its [B, n_c] mask of where a is active or its threshold gradient is nonzero, a superset of
+    a != 0), parent [n_c] int64 (-1 = none). Features outside the forest are masked, not
+    filtered: a filter would be one more data-dependent shape (a host read on a GPU) per level pair."""
     has_parent = parent >= 0
     par = parent.clamp_min(0)
-    has_child = torch.zeros(n_p, dtype=dtype, device=parent.device).index_add_(0, par, has_parent.to(dtype)) > 0
+    has_child = torch.zeros(n_p, dtype=dtype, device=parent.device).index_add_(0, par, has_parent.to(dtype)).clamp_max_(1)
     rows, cols = entries_c // n_c, entries_c % n_c
     keep = has_parent[cols]
     pc = par[cols]
@@ -155,33 +154,32 @@ def constraint_plan(entries_c, n_c: int, parent, entries_p, n_p: int, dtype) -> 
     # (input, parent) keys in row order; an orphan's key (input, n_p + its column) is unique, so
     # it is in no sibling group
     sib, group = sibling_groups(rows * (n_p + n_c) + torch.where(keep, pc, n_p + cols))
-    pkeep = has_child[entries_p % n_p].to(dtype)
-    return ConstraintPlan(par, entries_c, keep.to(dtype), pflat, cols, sib, group, entries_p, pkeep)
+    return ConstraintPlan(par, entries_c, keep.to(dtype), pflat, cols, sib, group, has_child)
 
 
 def constraint_sum(c: ConstraintPlan, a_p, a_c, W_p, W_c):
     """(t1 - 2 t2 + t3 of the module docstring summed over the batch, what its backward needs)."""
     vals = a_c.reshape(-1).index_select(0, c.flat) * c.keep  # an orphan's value counts for nothing
     ap = a_p.reshape(-1).index_select(0, c.pflat)
-    pv = a_p.reshape(-1).index_select(0, c.pent)
     se = _cosines(W_p, W_c, c.par).index_select(0, c.cols)
-    total = torch.dot(pv * c.pkeep, pv) - 2 * torch.dot(ap * vals, se) + _sq(vals)
+    pa = a_p * c.has_child  # t1 densely: one pass over [B, n_p], and the parent level needs no support scan
+    total = _sq(pa) - 2 * torch.dot(ap * vals, se) + _sq(vals)
     kept: list = []
     if c.sib.numel():
         total += sibling_cross(vals[c.sib], W_c, c.cols[c.sib], c.group, kept)
-    return total, (vals, ap, pv, se, kept)
+    return total, (vals, ap, pa, se, kept)
 
 
 def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, gW_p, gW_c) -> None:
     """Add g times constraint_sum's gradient into the dense buffers ga_p, ga_c, gW_p, gW_c, in place."""
-    vals, ap, pv, se, kept = saved
+    vals, ap, pa, se, kept = saved
     gv = (2 * g) * (vals - ap * se)
     if c.sib.numel():
         gs = torch.zeros_like(vals[c.sib])
         _sibling_cross_backward(vals[c.sib], W_c, c.cols[c.sib], c.group, g, gs, gW_c, kept)
         gv.index_add_(0, c.sib, gs)
     ga_c.view(-1).index_add_(0, c.flat, gv * c.keep)
-    ga_p.view(-1).index_add_(0, c.pent, (2 * g) * pv * c.pkeep)
+    ga_p.addcmul_(pa, 2 * g)
     ga_p.view(-1).index_add_(0, c.pflat, (-2 * g) * vals * se)
     # d/dW of t2 through each child's cosine to its parent
     ds = W_c.new_zeros(W_c.shape[0]).index_add_(0, c.cols, (-2 * g) * ap * vals)  # an orphan's is 0

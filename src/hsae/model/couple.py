@@ -80,8 +80,8 @@ def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: t
 
     acts[l] [B, n_l] activations, W[l] [n_l, d] unit-norm decoder rows, b[l] [d] decoder biases,
     parents[l] (l >= 1) [n_l] int64 parent array (-1 = none; parents[0] is unused),
-    entries[l] the ascending flat indices (`flat_nonzero`) of level l's support, where a_l is active
-    or its threshold gradient is nonzero (only the constraint uses them: None where rho = 0),
+    entries[l] (l >= 1) the ascending flat indices (`flat_nonzero`) of level l's support, where a_l
+    is active or its threshold gradient is nonzero (only the constraint uses them: None where rho = 0),
     swap[l] bool [n_l] of the parents swapped this step (None: none).
     Under autocast the products run in its dtype; the constraint stays in the weights' dtype.
     """
@@ -93,7 +93,7 @@ def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: t
              for l in range(L)]
     cons: list[ConstraintPlan] = []
     if rho > 0:
-        cons = [constraint_plan(entries[l + 1], n[l + 1], parents[l + 1], entries[l], n[l], W[l].dtype)
+        cons = [constraint_plan(entries[l + 1], n[l + 1], parents[l + 1], n[l], W[l].dtype)
                 for l in range(L - 1)]
     out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype), *acts, *W, *b)
     return list(out[:L]), list(out[L:])

@@ -6,7 +6,8 @@ x~_l is level l's reconstruction with swapped parents replaced by their children
   x~_l = A_l W_l + b_dec_l + A_{l+1}[:, C(S)] W_{l+1}[C(S)] - A_l[:, S] W_l[S]
 where S are the swapped parents with children (one mask per step, shared by the batch) and
 C(S) their children (model/swap.py). The corrections are two small dense products over those
-~r of the columns, and the constraint touches only support entries (model/constraint.py). The decodes, swaps and constraints are one autograd node
+~r of the columns, and the constraint touches only the child levels' support entries
+(model/constraint.py). The decodes, swaps and constraints are one autograd node
 (model/couple.py), so each level's gradients are built once.
 """
 
@@ -94,15 +95,15 @@ def hsae_loss(
     L = len(model.levels)
     swap = swap or [None] * L
     dead = dead or [None] * L
-    # the constraint touches only each level's support entries, found while the mask is still in the cache
+    # the constraint touches only the child levels' support entries, found while the mask is still in the cache
     sparse = rho > 0
     hs, acts, l0s_t, entries = [], [], [], []
-    for lv in model.levels:
+    for l, lv in enumerate(model.levels):
         h, a, l0, support = encode(lv, x, bandwidth)
         hs.append(h)
         acts.append(a)
         l0s_t.append(l0)
-        entries.append(flat_nonzero(support) if sparse else None)
+        entries.append(flat_nonzero(support) if sparse and l > 0 else None)  # level 0 is only a parent
 
     levels = model.levels
     parents = [None] + [model.parent(l) for l in range(1, L)]
