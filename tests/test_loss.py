@@ -90,6 +90,7 @@ def test_sibling_cross_is_the_sum_over_same_group_pairs(monkeypatch):
     monkeypatch.setattr(constraint_mod, "_CHUNK_FLOATS", 16)  # force several chunks
     g = torch.Generator().manual_seed(0)
     W = torch.randn(12, 5, dtype=torch.float64, generator=g)
+    W = W / W.norm(dim=1, keepdim=True)  # unit-norm decoder rows, as the trainer keeps them
     group = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3])
     cols = torch.randint(0, 12, (11,), generator=g)
     vals = torch.randn(11, dtype=torch.float64, generator=g)
