@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 CONFIGS = {
     "small": {"d": 64, "levels": [8, 24, 72], "l0": 3, "batch": 1024, "steps": 30},
     "demo": {"d": 576, "levels": [256, 512, 1024, 2048], "l0": 20, "batch": 1024, "steps": 10},
+    # the demo's levels at the paper's L0: the couplings' cost grows with the support entries
+    "demo_l50": {"d": 576, "levels": [256, 512, 1024, 2048], "l0": 50, "batch": 1024, "steps": 10},
     "demo_wide": {"d": 576, "levels": [2048, 4096, 8192, 16384], "l0": 50, "batch": 1024, "steps": 3},
     "paper": {"d": 2304, "levels": [2048, 4096, 8192, 16384], "l0": 50, "batch": 1024, "steps": 4},
     "dense_cmp": {"d": 256, "levels": [256, 512, 1024, 2048], "l0": 20, "batch": 1024, "steps": 2},
