@@ -65,7 +65,7 @@ def _by_column(rows, cols, vals, n: int, m: int):
     """The CSR [n, m] transpose of the entries (rows[e], cols[e]) -> vals[e]: entries ordered by column."""
     order = torch.argsort(cols, stable=True)
     crow = torch.zeros(n + 1, dtype=cols.dtype, device=cols.device).index_add_(0, cols + 1, torch.ones_like(cols))
-    return _csr(crow.cumsum(0), rows.index_select(0, order), vals.index_select(0, order), (n, m))
+    return _csr(crow.cumsum(0), rows.take(order), vals.take(order), (n, m))
 
 
 def _chunk_sums(vals, W, cols, group):
@@ -170,8 +170,8 @@ def constraint_plan(entries_c, n_c: int, parent, n_p: int, dtype) -> ConstraintP
     par = parent.clamp_min(0)
     has_child = torch.zeros(n_p, dtype=dtype, device=parent.device).index_add_(0, par, has_parent.to(dtype)).clamp_max_(1)
     rows, cols = entries_c // n_c, entries_c % n_c
-    keep = has_parent[cols]
-    pc = par[cols]
+    keep = has_parent.take(cols)
+    pc = par.take(cols)
     pflat = rows * n_p + pc
     # (input, parent) keys in row order; an orphan's key (input, n_p + its column) is unique, so
     # it is in no sibling group
@@ -181,14 +181,15 @@ def constraint_plan(entries_c, n_c: int, parent, n_p: int, dtype) -> ConstraintP
 
 def constraint_sum(c: ConstraintPlan, a_p, a_c, W_p, W_c):
     """(t1 - 2 t2 + t3 of the module docstring summed over the batch, what its backward needs)."""
-    vals = a_c.reshape(-1).index_select(0, c.flat) * c.keep  # an orphan's value counts for nothing
-    ap = a_p.reshape(-1).index_select(0, c.pflat)
-    se = _cosines(W_p, W_c, c.par).index_select(0, c.cols)
+    # flat gathers as `take`: ~5x a 1-D index_select on a CPU
+    vals = a_c.take(c.flat) * c.keep  # an orphan's value counts for nothing
+    ap = a_p.take(c.pflat)
+    se = _cosines(W_p, W_c, c.par).take(c.cols)
     # t1 densely, so the parent level needs no support scan
     total = _masked_sq(a_p, c.has_child) - 2 * torch.dot(ap * vals, se) + _sq(vals)
     kept: list = []
     if c.sib.numel():
-        total += sibling_cross(vals[c.sib], W_c, c.cols[c.sib], c.group, kept)
+        total += sibling_cross(vals.take(c.sib), W_c, c.cols.take(c.sib), c.group, kept)
     return total, (vals, ap, se, kept)
 
 
@@ -197,8 +198,9 @@ def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, 
     vals, ap, se, kept = saved
     gv = (2 * g) * (vals - ap * se)
     if c.sib.numel():
-        gs = torch.zeros_like(vals[c.sib])
-        _sibling_cross_backward(vals[c.sib], W_c, c.cols[c.sib], c.group, g, gs, gW_c, kept)
+        vs = vals.take(c.sib)
+        gs = torch.zeros_like(vs)
+        _sibling_cross_backward(vs, W_c, c.cols.take(c.sib), c.group, g, gs, gW_c, kept)
         gv.index_add_(0, c.sib, gs)
     ga_c.view(-1).index_add_(0, c.flat, gv * c.keep)
     ga_p.addcmul_(a_p, (2 * g) * c.has_child)
@@ -219,7 +221,7 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
         return f.nonzero().squeeze(1)
     words = f.view(torch.int64).nonzero().squeeze(1)
     inner = f.view(-1, 8).index_select(0, words).view(-1).nonzero().squeeze(1)
-    return words.index_select(0, inner // 8) * 8 + inner % 8
+    return words.take(inner // 8) * 8 + inner % 8
 
 
 def _sort(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,7 +233,7 @@ def _sort(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if k.size and k.max() < 2**31:
         k = k.astype(np.int32)
     order = torch.from_numpy(np.argsort(k))
-    return key.index_select(0, order), order
+    return key.take(order), order
 
 
 def sibling_groups(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,5 +249,6 @@ def sibling_groups(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     pos = multi.nonzero().squeeze(1)
     # a new group starts where the key changes (the first multi entry always starts one)
     start = torch.ones_like(pos, dtype=torch.bool)
-    start[1:] = ks[pos[1:]] != ks[pos[:-1]]
-    return order[pos], torch.cumsum(start, 0) - 1
+    kp = ks.take(pos)
+    start[1:] = kp[1:] != kp[:-1]
+    return order.take(pos), torch.cumsum(start, 0) - 1
