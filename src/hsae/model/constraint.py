@@ -225,14 +225,12 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _sort(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted keys, order); equal keys in no particular order. On a CPU numpy's introsort of the
-    keys as int32 where they fit: ~2.4x torch.sort, ~2x numpy's stable sort of int64."""
+    """(sorted keys, order), stable: the entries come row-major, so a group's children stay in
+    column order (the CSR matrices built from them have sorted columns, as cuSPARSE expects).
+    numpy's stable sort exploits the near-sorted keys: ~1.5x torch.sort on a CPU."""
     if key.device.type != "cpu":
-        return torch.sort(key)
-    k = key.numpy()
-    if k.size and k.max() < 2**31:
-        k = k.astype(np.int32)
-    order = torch.from_numpy(np.argsort(k))
+        return torch.sort(key, stable=True)
+    order = torch.from_numpy(np.argsort(key.numpy(), kind="stable"))
     return key.take(order), order
 
 
