@@ -30,17 +30,25 @@ import torch
 _CHUNK_FLOATS = 1 << 20
 
 
-def _row_chunks(n: int, d: int):
-    """Yield (r0, r1) row ranges of about _CHUNK_FLOATS floats."""
-    step = max(1, _CHUNK_FLOATS // max(d, 1))
+def _rows_per_chunk(d: int) -> int:
+    """Rows of d floats that fit one chunk of _CHUNK_FLOATS."""
+    return max(1, _CHUNK_FLOATS // max(d, 1))
+
+
+def _row_chunks(n: int, d: int, like: torch.Tensor):
+    """Yield (r0, r1, buffer) over n rows of d floats: row ranges of about _CHUNK_FLOATS floats, and
+    an [r1 - r0, d] slice of one buffer (like's dtype and device) reused for every chunk."""
+    step = _rows_per_chunk(d)
+    buf = like.new_empty(min(n, step), d)
     for r0 in range(0, n, step):
-        yield r0, min(n, r0 + step)
+        r1 = min(n, r0 + step)
+        yield r0, r1, buf[:r1 - r0]
 
 
 def _chunks(group: torch.Tensor, d: int):
     """Yield (e0, e1) entry ranges, aligned to group starts, of bounded size."""
     m = group.numel()
-    step = max(1, _CHUNK_FLOATS // max(d, 1))
+    step = _rows_per_chunk(d)
     if m <= step:
         yield 0, m
         return
@@ -88,12 +96,9 @@ def _sq(t: torch.Tensor) -> torch.Tensor:
 def _masked_sq(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """sum of (a * mask)^2 for a [B, n] and mask [n], row chunk by row chunk in one reused buffer
     (a full-size temporary is a fresh allocation: 10 ms at [1024, 8192], 4x the arithmetic)."""
-    B, n = a.shape
-    buf = a.new_empty(min(B, max(1, _CHUNK_FLOATS // max(n, 1))), n)
     total = a.new_zeros(())
-    for r0, r1 in _row_chunks(B, n):
-        b = torch.mul(a[r0:r1], mask, out=buf[:r1 - r0])
-        total = total + _sq(b)
+    for r0, r1, b in _row_chunks(*a.shape, a):
+        total = total + _sq(torch.mul(a[r0:r1], mask, out=b))
     return total
 
 
@@ -128,11 +133,8 @@ def _cosines(W_p, W_c, par) -> torch.Tensor:
     """s[c] = W_p[par[c]] . W_c[c], gathered chunk by chunk into one small reused buffer: an
     [n_c, d] temporary is a fresh allocation per step, which costs more than the products
     (at the paper's dims 200 ms against 27 ms; bench/RESULTS.md)."""
-    n, d = W_c.shape
-    s = W_c.new_empty(n)
-    buf = W_c.new_empty(min(n, max(1, _CHUNK_FLOATS // max(d, 1))), d)
-    for r0, r1 in _row_chunks(n, d):
-        b = buf[:r1 - r0]
+    s = W_c.new_empty(W_c.shape[0])
+    for r0, r1, b in _row_chunks(*W_c.shape, W_c):
         torch.index_select(W_p, 0, par[r0:r1], out=b)
         torch.sum(b.mul_(W_c[r0:r1]), 1, out=s[r0:r1])
     return s

@@ -21,7 +21,7 @@ from .swap import swap_add_, swap_backward, swap_cancel_, swap_plan
 @dataclass
 class _Spec:
     L: int
-    swaps: list  # per level l < L-1: (S, C) or None
+    swaps: list  # per level l < L-1: its SwapPlan or None
     cons: list  # per level pair: its ConstraintPlan (empty: rho = 0, no constraint)
     dtype: torch.dtype  # of the products (bf16 under autocast)
     out_dtype: torch.dtype  # of the reconstructions (the input's)
