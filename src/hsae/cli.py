@@ -116,6 +116,7 @@ TRAIN_FLAGS = {
     "--rho": ("rho", float, "structural constraint weight"),
     "--swap": ("swap", float, "per-step parent/children swap probability"),
     "--update-every": ("update_every", int, "steps between hierarchy updates (capped at 10%% of steps)"),
+    "--first-update": ("first_update", float, "fraction of the run trained as independent levels before the first hierarchy update (0: the paper's schedule)"),
     "--similarity": ("similarity", str, "parent similarity: encoder, decoder or coactivation"),
     "--tree": ("tree", str, "tree shape: partial, full, binary or fixed"),
     "--orphan-quantile": ("orphan_quantile", float, "partial tree: bottom fraction of children left without parent"),

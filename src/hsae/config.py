@@ -33,6 +33,8 @@ class TrainConfig:
     rho: float = 0.01  # structural constraint weight
     swap: float = 0.05  # per-step probability that a parent is swapped for its children
     update_every: int = 5000  # steps between hierarchy updates (capped at 10% of steps)
+    first_update: float = 0.5  # fraction of the run trained as independent levels before the first
+    # hierarchy update, so the forest links mature features (0: after one update period, the paper's)
     similarity: str = "encoder"  # encoder | decoder | coactivation
     tree: str = "partial"  # partial | full | binary | fixed
     orphan_quantile: float = 0.2  # partial tree: bottom fraction of children left without parent
@@ -90,6 +92,7 @@ class TrainConfig:
             (self.rho >= 0, "--rho must be >= 0"),
             (0 <= self.swap <= 1, "--swap must be in [0, 1]"),
             (self.update_every > 0, "--update-every must be positive"),
+            (0 <= self.first_update < 1, "--first-update must be in [0, 1)"),
             (0 <= self.orphan_quantile < 1, "--orphan-quantile must be in [0, 1)"),
             (0 < self.holdout < 1, "--holdout must be in (0, 1)"),
             (self.bandwidth > 0 and self.threshold_init > 0 and self.lambda_init > 0, "bandwidth, threshold_init and lambda_init must be positive"),
@@ -105,6 +108,12 @@ class TrainConfig:
     def update_period(self) -> int:
         """Steps between hierarchy updates: update_every, but the first falls within 10% of the run."""
         return max(1, min(self.update_every, self.steps // 10))
+
+    @property
+    def first_update_step(self) -> int:
+        """Step count after which the first hierarchy update runs: at first_update of the run, at
+        least one update period in, and at most one from the end (so there is always one)."""
+        return max(self.update_period, min(round(self.first_update * self.steps), self.steps - self.update_period))
 
     @property
     def dead_period(self) -> int:

@@ -253,12 +253,14 @@ class Trainer:
         return rec
 
     def _update_due(self) -> bool:
-        """A hierarchy update after this step? Every update_period steps, but never within the
-        last update_period steps, so the final forest is one the model trained under."""
+        """A hierarchy update after this step? The first after first_update of the run, then every
+        update_period steps, but never within the last update_period steps, so the final forest
+        is one the model trained under."""
         cfg = self.cfg
         if cfg.baseline or (cfg.tree == "fixed" and self.assigned):
             return False
-        return self.step % cfg.update_period == 0 and self.step + cfg.update_period <= cfg.steps
+        since = self.step - cfg.first_update_step
+        return since >= 0 and since % cfg.update_period == 0 and self.step + cfg.update_period <= cfg.steps
 
     def _autocast(self):
         """bf16 autocast for the loss's products, or nothing for float32."""
