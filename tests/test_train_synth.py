@@ -56,8 +56,8 @@ def test_partial_tree_edges_are_precise(runs, synth, tmp_path):
 def test_full_tree_recovers_the_forest(runs, synth, tmp_path):
     """Level 0 here is 4 features at 50% density. Of training seeds 0-7, edge F1 is 0.92 on three
     and 0.83 on five; with the paper's update schedule (first_update 0) 0.92 on five and
-    0.67-0.70 on three, where a level-0 feature settled on a mix of two roots before the forest
-    was first assigned and the coupling kept it. So: the median of three seeds, none below 0.6."""
+    0.67-0.70 on three, where a level-0 feature ends as a mix of two roots (coupled early, it
+    stays one). So: the median of three seeds, none below 0.6."""
     evs = [runs["full"]] + [_run(synth, tmp_path, f"full-{s}", tree="full", similarity="decoder", seed=s)
                             for s in (1, 2)]
     assert all(ev["hierarchy"]["n_pairs"] == 12 for ev in evs)
