@@ -58,7 +58,7 @@ def _counting(monkeypatch):
 
 @pytest.mark.parametrize("similarity", ["encoder", "coactivation"])
 def test_an_ordinary_step_reads_the_device_once(store, tmp_path, monkeypatch, similarity):
-    cfg = TrainConfig(levels=[4, 12, 24], l0=[2.0], steps=1000, batch_size=256, update_every=50, dead_steps=100,
+    cfg = TrainConfig(levels=[4, 12, 24], l0=[2.0], steps=1000, batch_size=256, update_every=50, first_update=0.0, dead_steps=100,
                       similarity=similarity, d=16, acts=str(store))
     t = Trainer(cfg, Store(store), tmp_path / "r", Dist("cpu"))
     t.out.mkdir(parents=True)
