@@ -106,7 +106,7 @@ class TrainConfig:
 
     @property
     def update_period(self) -> int:
-        """Steps between hierarchy updates: update_every, but the first falls within 10% of the run."""
+        """Steps between hierarchy updates: update_every, capped at 10% of the run."""
         return max(1, min(self.update_every, self.steps // 10))
 
     @property
