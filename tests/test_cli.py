@@ -78,8 +78,9 @@ def test_config_round_trips_and_drives_training(tmp_path, capsys, synth):
 
 
 def test_a_run_written_before_restart_existed_still_loads_as_residual(tmp_path):
-    """Runs of an older hsae name no `restart`; they load (and resume) as the residual restart they
-    ran with, while any other missing key is still an error."""
+    """Runs of an older hsae name no `restart` or `first_update`; they load (and resume) as the
+    residual restart and the paper's update schedule they ran with, while any other missing key
+    is still an error."""
     import json
 
     import pytest
@@ -87,9 +88,10 @@ def test_a_run_written_before_restart_existed_still_loads_as_residual(tmp_path):
     from hsae.config import TrainConfig, UserError
 
     d = json.loads(TrainConfig().to_json())
-    del d["restart"]
+    del d["restart"], d["first_update"]
     (tmp_path / "config.json").write_text(json.dumps(d))
-    assert TrainConfig.load(tmp_path / "config.json", complete=True).restart == "residual"
+    old = TrainConfig.load(tmp_path / "config.json", complete=True)
+    assert old.restart == "residual" and old.first_update == 0.0
     del d["rho"]
     (tmp_path / "config.json").write_text(json.dumps(d))
     with pytest.raises(UserError, match="missing config keys: rho"):

@@ -13,7 +13,7 @@ from .model.forest import HUBS, SIMILARITIES, TREES
 
 RESTARTS = ("residual", "split")  # train/resample.py: resample_level, split_level
 # Fields added after runs were written, with the value that reproduces those runs.
-LATER = {"restart": "residual"}
+LATER = {"restart": "residual", "first_update": 0.0}
 
 
 class UserError(Exception):
