@@ -5,7 +5,7 @@ import torch
 
 import hsae.model.constraint as constraint_mod
 from hsae.model import HSAE, hsae_loss
-from hsae.model.constraint import flat_nonzero, sibling_cross, sibling_groups
+from hsae.model.constraint import _divmod, _sort, flat_nonzero, sibling_cross, sibling_groups
 from hsae.model.couple import coupled_decodes
 from reference import dense_loss
 
@@ -106,6 +106,23 @@ def test_sibling_groups_keep_only_shared_keys():
     # entries of one group are contiguous and numbered 0, 1, ...
     assert group.tolist() == [0, 0, 0, 1, 1]
     assert (key[idx][:3] == 3).all()
+
+
+@pytest.mark.parametrize("n, high", [(0, 5), (1, 5), (9, 3), (30000, 40), (1000, 1 << 60)])
+def test_packed_sort_is_a_stable_sort(n, high):
+    """The CPU sort (positions packed into the keys' low bits) gives torch's stable sort, ties
+    in input order (a group's columns stay sorted), and falls back to it for keys too large."""
+    key = torch.randint(0, high, (n,), generator=torch.Generator().manual_seed(n))
+    ks, order = _sort(key)
+    ref = torch.sort(key, stable=True)
+    assert torch.equal(ks, ref.values) and torch.equal(order, ref.indices)
+
+
+def test_divmod_is_floor_division_and_remainder():
+    e = torch.randint(0, 1 << 40, (1000,), generator=torch.Generator().manual_seed(0))
+    for n in (1, 7, 2048):
+        q, r = _divmod(e, n)
+        assert torch.equal(q, e // n) and torch.equal(r, e % n)
 
 
 def test_a_dead_mask_with_no_dead_feature_adds_nothing():
