@@ -90,3 +90,27 @@ def test_resume_on_another_world_size(synth, reference, tmp_path, first, then):
     assert 0 < _stop_after_checkpoint(synth, out, first) < STEPS
     _run(synth, out, then)
     _assert_same_run(reference, out)
+
+
+# Run by every rank: train, then report gloo's threads still running after `hsae train` returned.
+_THREADS_LEFT = """
+import os, sys
+from hsae.cli import main
+rc = main(sys.argv[1:])
+names = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
+print("gloo threads left:", sum("gloo" in n for n in names))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc")
+def test_process_group_ends_with_the_run(synth, tmp_path):
+    # A group that outlives `hsae train` keeps gloo's threads alive into interpreter shutdown, where
+    # one freeing a tensor aborts the rank (about one run in ten): the threads must end with the run.
+    script = tmp_path / "threads_left.py"
+    script.write_text(_THREADS_LEFT)
+    args = [a if a != str(STEPS) else "30" for a in ARGS]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd = [*launch, str(script), "train", "--acts", str(synth), "--out", str(tmp_path / "run"), *args]
+    res = subprocess.run(cmd, env=ENV, timeout=300, capture_output=True, text=True, check=True)
+    assert res.stdout.count("gloo threads left: 0") == 2, res.stdout

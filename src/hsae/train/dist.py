@@ -35,6 +35,10 @@ class Dist:
         self.device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
         self._own_group = False
         if self.world > 1 and not tdist.is_initialized():
+            # torch._dynamo (which Adam and DDP import) keeps a reference to a process group that
+            # exists when it is first imported: destroy_process_group then leaves gloo's threads
+            # running, and one freeing a tensor during interpreter shutdown aborts the process.
+            import torch._dynamo  # noqa: F401
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
             # A rank that dies leaves the others blocked in a collective: fail instead of hanging.
