@@ -62,10 +62,10 @@ def _summary(ev: dict, target: float) -> dict:
 
 
 def _method(method: str) -> tuple[str, list[str]]:
-    """('hsae' or 'posthoc', its options) of e.g. hsae, posthoc-split, hsae-csls-split, hsae-centred."""
+    """('hsae' or 'posthoc', its options) of e.g. hsae, posthoc-split, hsae-csls-split."""
     base, *opts = method.split("-")
-    if base not in ("hsae", "posthoc") or set(opts) - {"csls", "centred", "split"} or {"csls", "centred"} <= set(opts):
-        raise SystemExit(f"unknown method {method!r}: hsae or posthoc, with -csls or -centred (hub rule) and/or -split")
+    if base not in ("hsae", "posthoc") or set(opts) - {"csls", "split"}:
+        raise SystemExit(f"unknown method {method!r}: hsae or posthoc, with -csls and/or -split")
     return base, opts
 
 
@@ -84,8 +84,7 @@ def run_one(out: str, config: str, seed: int, method: str, tree: str) -> dict:
     run = out / f"{config}-s{seed}" / f"{method}-{tree}"
     base, opts = _method(method)
     cfg = TrainConfig(levels=sizes, l0=[l0], steps=steps, seed=seed, tree=tree, baseline=base == "posthoc",
-                      hub=next((h for h in ("csls", "centred") if h in opts), "none"),
-                      restart="split" if "split" in opts else "residual")
+                      hub="csls" if "csls" in opts else "none", restart="split" if "split" in opts else "residual")
     assert train(cfg, acts, run, progress=False) == 0
     ev = evaluate_run(run)
     return {"config": config, "seed": seed, "method": method, "tree": tree, "sizes": sizes, **_summary(ev, l0)}
@@ -128,7 +127,7 @@ def main() -> int:
     """Run the grid and print JSON lines, then the table."""
     p = parser(__doc__)
     p.add_argument("--trees", default="partial,full", help="comma-separated tree shapes")
-    p.add_argument("--methods", default="hsae,posthoc", help="comma-separated: hsae, posthoc, with -csls or -centred (hub rule) and/or -split (restarts), e.g. hsae-csls")
+    p.add_argument("--methods", default="hsae,posthoc", help="comma-separated: hsae, posthoc, with -csls (hub rule) and/or -split (restarts), e.g. hsae-csls")
     a = p.parse_args()
     for m in a.methods.split(","):  # a typo fails here, not after the stores are drawn
         _method(m)

@@ -27,7 +27,6 @@ def _fails(capsys, args, match):
     (["--levels", "3,6", "--l0", "3"], "below its level size"),
     (["--levels", "3,6", "--l0", "1,1,1"], "needs 1 or 2 values"),
     (["--levels", "3,6", "--l0", "1", "--tree", "ternary"], "--tree"),
-    (["--levels", "3,6", "--l0", "1", "--hub", "centred", "--similarity", "coactivation"], "--hub centred"),
 ])
 def test_bad_config_exits_2_and_writes_nothing(tmp_path, capsys, synth, flags, match):
     out = tmp_path / "run"

@@ -100,28 +100,6 @@ def test_csls_breaks_up_a_hub_parent():
     assert (i[:, 0] == true).float().mean() > 0.8
 
 
-def test_centring_breaks_up_a_hub_of_a_shared_direction():
-    """Every feature shares one direction m and the hub is almost only m: the argmax gives it
-    most children; cosines of centred vectors give them back to their true parents."""
-    g = torch.Generator().manual_seed(0)
-    d, n_p = 64, 12
-    m = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
-    U = torch.nn.functional.normalize(torch.randn(n_p, d, generator=g), dim=1)
-    P = U + m
-    P[0] = m + 0.05 * U[0]  # the hub
-    true = torch.arange(1, n_p).repeat_interleave(4)
-    own = torch.nn.functional.normalize(torch.randn(true.numel(), d, generator=g), dim=1)
-    C = 0.3 * U[true] + 0.7 * own + m  # a little of the parent, mostly its own, and the shared m
-    _, i = cosine_topk(C, P, 1)
-    assert (i[:, 0] == 0).float().mean() > 0.8  # plain cosine: most children pick the hub
-    _, i = cosine_topk(C, P, 1, hub="centred")
-    assert (i[:, 0] == true).float().mean() > 0.9
-    live = torch.ones(n_p, dtype=torch.bool)
-    live[0] = False  # a dead parent stays out of the parents' mean too
-    _, i = cosine_topk(C, P, 1, live_p=live, hub="centred")
-    assert (i[:, 0] == true).float().mean() > 0.9
-
-
 def test_family_stats_report_hubs_and_churn():
     from hsae.model.forest import family_stats
 

@@ -120,7 +120,7 @@ TRAIN_FLAGS = {
     "--similarity": ("similarity", str, "parent similarity: encoder, decoder or coactivation"),
     "--tree": ("tree", str, "tree shape: partial, full, binary or fixed"),
     "--orphan-quantile": ("orphan_quantile", float, "partial tree: bottom fraction of children left without parent"),
-    "--hub": ("hub", str, "parent ranking: none (the paper's argmax), csls (discounts parents close to everything) or centred (cosine of centred vectors)"),
+    "--hub": ("hub", str, "parent ranking: none (the paper's argmax) or csls (discounts parents close to everything)"),
     "--restart": ("restart", str, "dead-feature restarts: residual (on a badly reconstructed input) or split (split merged busy features)"),
     "--seed": ("seed", int, "random seed (init, batches, swaps)"),
     "--holdout": ("holdout", float, "fraction of the store held out for evaluation"),

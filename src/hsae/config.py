@@ -38,7 +38,7 @@ class TrainConfig:
     similarity: str = "encoder"  # encoder | decoder | coactivation
     tree: str = "partial"  # partial | full | binary | fixed
     orphan_quantile: float = 0.2  # partial tree: bottom fraction of children left without parent
-    hub: str = "none"  # hub-resistant ranking of parent candidates: none (the paper's argmax) | csls | centred
+    hub: str = "none"  # hub-resistant ranking of parent candidates: none (the paper's argmax) | csls
     baseline: bool = False  # post-hoc baseline: independent levels, forest assigned once at the end
     seed: int = 0
     bandwidth: float = 0.2  # JumpReLU pseudo-derivative (rectangle kernel) width, in normalised units
@@ -81,8 +81,6 @@ class TrainConfig:
             raise UserError(f"--tree must be one of {', '.join(TREES)}")
         if self.hub not in HUBS:
             raise UserError(f"--hub must be one of {', '.join(HUBS)}")
-        if self.hub == "centred" and self.similarity == "coactivation":
-            raise UserError("--hub centred centres encoder or decoder vectors; it has none with --similarity coactivation")
         if self.restart not in RESTARTS:
             raise UserError(f"--restart must be one of {', '.join(RESTARTS)}")
         checks = [

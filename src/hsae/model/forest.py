@@ -14,10 +14,7 @@ cluster) pile onto one parent as a hub.
 Hub resistance (`hub`): "none" is the paper's argmax of the similarity. "csls" ranks by
 cross-domain similarity local scaling (Lample et al. 2018): 2 s(c, p) - r_c - r_p, where r_x
 is x's mean similarity to its k nearest neighbours on the other level, so a parent that is
-close to everything (a hub) is discounted by its own neighbourhood density. "centred" takes the
-argmax of the cosine after subtracting each level's mean live unit vector: a direction every
-feature of a level shares makes one parent close to every child (centring reduces hubness,
-Suzuki et al. 2013); it needs a cosine similarity (encoder or decoder).
+close to everything (a hub) is discounted by its own neighbourhood density.
 
 DECISIONS (PAPER.md section 7): a child with no candidate parent (dead, rare, or with no
 live parent) is an orphan and is left out of the quantile; a level with no candidates gets
@@ -30,7 +27,7 @@ import torch
 
 SIMILARITIES = ("encoder", "decoder", "coactivation")
 TREES = ("partial", "full", "binary", "fixed")
-HUBS = ("none", "csls", "centred")
+HUBS = ("none", "csls")
 CSLS_K = 10  # neighbours whose mean similarity is a feature's "density" (Lample et al. use 10)
 _CHUNK_FLOATS = 1 << 24
 _NEG = -float("inf")
@@ -38,13 +35,6 @@ _NEG = -float("inf")
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def _centred(v: torch.Tensor, live: torch.Tensor | None) -> torch.Tensor:
-    """Unit rows minus the mean unit row of the live ones (all rows when live is None)."""
-    u = _unit(v)
-    ref = u if live is None else u[live]
-    return u - ref.mean(0) if ref.shape[0] else u
 
 
 def _score_chunks(child: torch.Tensor, parent: torch.Tensor):
@@ -92,7 +82,7 @@ def candidates(blocks_fn, k: int = 1, hub: str = "none") -> tuple[torch.Tensor, 
     for CSLS (once for the neighbourhood densities, once for the scores)."""
     if hub not in HUBS:
         raise ValueError(f"unknown hub rule {hub!r}; choose from {HUBS}")
-    if hub in ("none", "centred"):  # centred: the vectors were centred before the blocks (cosine_topk)
+    if hub == "none":
         return _topk_rows(blocks_fn(), k)
     r_c, r_p = _density(blocks_fn(), CSLS_K)
     return _topk_rows(((i, 2 * b - r_c[i:i + b.shape[0], None] - r_p[None, :]) for i, b in blocks_fn()), k)
@@ -100,10 +90,7 @@ def candidates(blocks_fn, k: int = 1, hub: str = "none") -> tuple[torch.Tensor, 
 
 def cosine_topk(child: torch.Tensor, parent: torch.Tensor, k: int = 1, live_c: torch.Tensor | None = None,
                 live_p: torch.Tensor | None = None, hub: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k (CSLS-, centred) cosine similarities of each child row [n_c, d] to parent rows [n_p, d], chunked."""
-    if hub == "centred":
-        child, parent = _centred(child, live_c), _centred(parent, live_p)
-
+    """Top-k (CSLS-)cosine similarities of each child row [n_c, d] to parent rows [n_p, d], chunked."""
     def blocks():
         return ((i, _masked(s, i, live_c, live_p)) for i, s in _score_chunks(child, parent))
     return candidates(blocks, k, hub)
@@ -261,8 +248,6 @@ def update_forest(model, similarity: str = "encoder", tree: str = "partial", orp
     for l in range(1, len(model.levels)):
         lc, lp = (live[l], live[l - 1]) if live is not None else (None, None)
         if similarity == "coactivation":
-            if hub == "centred":
-                raise ValueError("the centred hub rule needs a cosine similarity (encoder or decoder)")
             sim, idx = coact[l - 1].topk(k, lc, lp, hub)
         else:
             sim, idx = cosine_topk(_vectors(model.levels[l], similarity), _vectors(model.levels[l - 1], similarity),
