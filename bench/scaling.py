@@ -1,11 +1,13 @@
 """HSAE vs post-hoc as the token budget grows: seed means and spreads per budget, beside chance.
 
 Reads the eval.json files of `hsae ablate --variants hsae,post-hoc --seeds ...` directories
-(one per token budget), prints one JSON object (per budget and method: mean, std and n of
+(one per token budget and step count; a series is a method at one step count, read from the
+runs' config.json), prints one JSON object (per budget and series: mean, std and n of
 Hamming, P(p|c), P(c|p), variance explained, last-level dead fraction and largest family /
 mean family at the last parent level, and the chance levels) and draws one PNG of the curves.
 
   python bench/scaling.py 200000=runs/smollm2-seeds 1000000=runs/smollm2-1m --png docs/scaling.png
+  python bench/scaling.py 200000=runs/smollm2-seeds 200000=runs/smollm2-0.2m-3000 ... (two step counts)
 """
 
 from __future__ import annotations
@@ -33,11 +35,18 @@ def _extra(ev: dict) -> dict:
     return {"dead_last": ev["levels"][-1]["dead_fraction"], "hub_ratio": largest / mean if n else float("nan")}
 
 
+def _steps(run: Path) -> int:
+    return json.loads((run / "config.json").read_text())["steps"]
+
+
 def budget_table(root: Path) -> dict:
-    """{method: {metric: stats, 'chance_X': stats}} over the seeds of one ablation directory."""
-    evals = {p.parent.name: read_eval(p) for p in sorted(root.glob("*/eval.json"))}
+    """{'method, N steps': {metric: stats, 'chance_X': stats}} over the seeds of one ablation directory."""
+    paths = sorted(root.glob("*/eval.json"))
+    evals = {p.parent.name: read_eval(p) for p in paths}
+    steps = {p.parent.name: _steps(p.parent) for p in paths}
     out = {}
-    for label, g in aggregate(evals, by="name").items():
+    for name, g in aggregate(evals, by="name").items():
+        label = f"{name}, {steps[g['runs'][0]]} steps"
         cols = dict(g["columns"])
         for m in ("dead_last", "hub_ratio"):
             cols[m] = stats([_extra(evals[r])[m] for r in g["runs"]])
@@ -46,7 +55,7 @@ def budget_table(root: Path) -> dict:
 
 
 def plot(table: dict, png: Path) -> None:
-    """One panel per metric: mean +- std against tokens, a line per method, chance dashed."""
+    """One panel per metric: mean +- std against tokens, a line per series, chance dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +93,7 @@ def main() -> int:
         tokens, _, d = spec.partition("=")
         if not tokens.isdigit() or not Path(d).is_dir():
             sys.exit(f"scaling.py: error: expected TOKENS=DIR, got {spec!r}")
-        table[tokens] = budget_table(Path(d))
+        table.setdefault(tokens, {}).update(budget_table(Path(d)))
     if a.png:
         plot(table, Path(a.png))
     print(json.dumps(table, indent=1))
