@@ -37,12 +37,13 @@ corpus:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CORPUS_PKGS); \
 	else echo "cannot install $(CORPUS_PKGS) (needs root and apt-get): collect with --corpus PATH instead"; exit 1; fi
 
-# SmolLM2-135M layer 15 on ~200k tokens: HSAE vs post-hoc, 4 levels, L0 20, evaluated (splice, absorption),
+# SmolLM2-135M layer 15 on ~200k tokens: HSAE vs post-hoc, 4 levels, L0 20, 3000 steps (at 1000 the
+# forests had hub parents and half the P(p|c): docs/forest-quality.md), evaluated (splice, absorption),
 # explored (forest.html) and reported (runs/report/report.md). Reuses finished steps.
 demo-real: $(STAMP) corpus
 	test -f $(RUNS)/acts/manifest.json || $(BIN)/hsae collect --model smollm2 --layer 15 --corpus mix --tokens 200000 --out $(RUNS)/acts
-	$(BIN)/hsae train --acts $(RUNS)/acts --levels 256,512,1024,2048 --l0 20 --steps 1000 --out $(RUNS)/smollm2-hsae
-	$(BIN)/hsae train --acts $(RUNS)/acts --levels 256,512,1024,2048 --l0 20 --steps 1000 --out $(RUNS)/smollm2-posthoc --baseline
+	$(BIN)/hsae train --acts $(RUNS)/acts --levels 256,512,1024,2048 --l0 20 --steps 3000 --out $(RUNS)/smollm2-hsae
+	$(BIN)/hsae train --acts $(RUNS)/acts --levels 256,512,1024,2048 --l0 20 --steps 3000 --out $(RUNS)/smollm2-posthoc --baseline
 	$(BIN)/hsae eval $(RUNS)/smollm2-hsae --splice --absorption --quiet --json $(RUNS)/smollm2-hsae/eval.json > /dev/null
 	$(BIN)/hsae eval $(RUNS)/smollm2-posthoc --splice --absorption --quiet --json $(RUNS)/smollm2-posthoc/eval.json > /dev/null
 	$(BIN)/hsae compare $(RUNS)/smollm2-hsae/eval.json $(RUNS)/smollm2-posthoc/eval.json

@@ -75,6 +75,8 @@ def plot(table: dict, png: Path) -> None:
                 ax.plot([c[0] for c in ch], [c[1]["mean"] for c in ch], "--", color=colour, alpha=0.5,
                         label=f"{method}: chance")
         ax.set_xscale("log")
+        ax.set_xticks([int(b) for b in budgets], [f"{int(b) / 1e6:g}M" for b in budgets])
+        ax.minorticks_off()
         ax.set_title(TITLES[m])
         ax.set_xlabel("training tokens")
     axes.flat[0].legend(fontsize=7)

@@ -375,7 +375,7 @@ def check_resumable(cfg: TrainConfig, out: Path) -> str | None:
     old = TrainConfig.load(cpath, complete=True)
     if old != cfg:
         diff = [k for k in cfg.__dataclass_fields__ if getattr(old, k) != getattr(cfg, k)]
-        raise UserError(f"{out} holds a run with a different config ({', '.join(diff)}); use another --out")
+        raise UserError(f"{out} holds a run with a different config ({', '.join(diff)}); delete it or use another --out")
     return "done" if (out / MODEL).is_file() else None
 
 
