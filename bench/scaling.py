@@ -2,7 +2,7 @@
 
 Reads the eval.json files of `hsae ablate --variants hsae,post-hoc --seeds ...` directories
 (one per token budget and step count; a series is a method at one step count, read from the
-runs' config.json), prints one JSON object (per budget and series: mean, std and n of
+config each eval.json carries), prints one JSON object (per budget and series: mean, std and n of
 Hamming, P(p|c), P(c|p), variance explained, last-level dead fraction and largest family /
 mean family at the last parent level, and the chance levels) and draws one PNG of the curves.
 
@@ -35,18 +35,12 @@ def _extra(ev: dict) -> dict:
     return {"dead_last": ev["levels"][-1]["dead_fraction"], "hub_ratio": largest / mean if n else float("nan")}
 
 
-def _steps(run: Path) -> int:
-    return json.loads((run / "config.json").read_text())["steps"]
-
-
 def budget_table(root: Path) -> dict:
     """{'method, N steps': {metric: stats, 'chance_X': stats}} over the seeds of one ablation directory."""
-    paths = sorted(root.glob("*/eval.json"))
-    evals = {p.parent.name: read_eval(p) for p in paths}
-    steps = {p.parent.name: _steps(p.parent) for p in paths}
+    evals = {p.parent.name: read_eval(p) for p in sorted(root.glob("*/eval.json"))}
     out = {}
     for name, g in aggregate(evals, by="name").items():
-        label = f"{name}, {steps[g['runs'][0]]} steps"
+        label = f"{name}, {evals[g['runs'][0]]['config']['steps']} steps"
         cols = dict(g["columns"])
         for m in ("dead_last", "hub_ratio"):
             cols[m] = stats([_extra(evals[r])[m] for r in g["runs"]])

@@ -30,10 +30,10 @@ def synth(tmp_path_factory):
     return out
 
 
-def _cmd(synth, out, procs):
+def _cmd(synth, out, procs, entry=("-m", "hsae"), args=ARGS):
     launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)]
               if procs > 1 else [sys.executable])
-    return [*launch, "-m", "hsae", "train", "--acts", str(synth), "--out", str(out), *ARGS]
+    return [*launch, *entry, "train", "--acts", str(synth), "--out", str(out), *args]
 
 
 def _run(synth, out, procs):
@@ -110,7 +110,6 @@ def test_process_group_ends_with_the_run(synth, tmp_path):
     script = tmp_path / "threads_left.py"
     script.write_text(_THREADS_LEFT)
     args = [a if a != str(STEPS) else "30" for a in ARGS]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd = [*launch, str(script), "train", "--acts", str(synth), "--out", str(tmp_path / "run"), *args]
+    cmd = _cmd(synth, tmp_path / "run", 2, entry=(str(script),), args=args)
     res = subprocess.run(cmd, env=ENV, timeout=300, capture_output=True, text=True, check=True)
     assert res.stdout.count("gloo threads left: 0") == 2, res.stdout
