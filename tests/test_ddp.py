@@ -92,13 +92,15 @@ def test_resume_on_another_world_size(synth, reference, tmp_path, first, then):
     _assert_same_run(reference, out)
 
 
-# Run by every rank: train, then report gloo's threads still running after `hsae train` returned.
+# Run by every rank: train, then write the count of gloo's threads still running after `hsae train`
+# returned to a file of its own (ranks share stdout, where two prints can interleave).
 _THREADS_LEFT = """
 import os, sys
 from hsae.cli import main
-rc = main(sys.argv[1:])
+rc = main(sys.argv[2:])
 names = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
-print("gloo threads left:", sum("gloo" in n for n in names))
+with open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"]), "w") as f:
+    f.write(str(sum("gloo" in n for n in names)))
 sys.exit(rc)
 """
 
@@ -110,6 +112,6 @@ def test_process_group_ends_with_the_run(synth, tmp_path):
     script = tmp_path / "threads_left.py"
     script.write_text(_THREADS_LEFT)
     args = [a if a != str(STEPS) else "30" for a in ARGS]
-    cmd = _cmd(synth, tmp_path / "run", 2, entry=(str(script),), args=args)
-    res = subprocess.run(cmd, env=ENV, timeout=300, capture_output=True, text=True, check=True)
-    assert res.stdout.count("gloo threads left: 0") == 2, res.stdout
+    cmd = _cmd(synth, tmp_path / "run", 2, entry=(str(script), str(tmp_path)), args=args)
+    subprocess.run(cmd, env=ENV, timeout=300, check=True)
+    assert {r: (tmp_path / f"rank{r}").read_text() for r in (0, 1)} == {0: "0", 1: "0"}
