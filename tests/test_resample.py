@@ -86,3 +86,33 @@ def test_split_restart_cuts_the_merged_feature_into_its_two_directions():
     opt2 = torch.optim.Adam(lv2.parameters())
     assert split_level(lv2, dead, x2, opt2, rate=0.25, seed=0).tolist() == [3]
     assert torch.allclose(lv2.W_dec.detach()[0], u[0])  # the true feature is not cut
+
+
+def test_restart_fills_the_residual_without_overshooting():
+    """A restart along a direction the live features already reconstruct most of (here 90% of
+    v2) takes on the residual's size there: the batch's error falls. At the live encoders' full
+    size it would add ~x.v2 on top of 0.9 x.v2 and raise the error, and training would switch
+    the new feature off again."""
+    g = torch.Generator().manual_seed(0)
+    d, rows = 16, 2000
+    v = torch.linalg.qr(torch.randn(d, 2, generator=g)).Q.t()  # two orthonormal directions
+    c = 0.5 + torch.rand(rows, 2, generator=g)
+    x = c @ v + 1e-3 * torch.randn(rows, d, generator=g)
+    lv = HSAE(d, [3], threshold_init=0.01, seed=0).levels[0]
+    with torch.no_grad():
+        lv.W_dec.copy_(torch.stack([v[0], v[1], -v[0]]))
+        lv.W_enc.copy_(torch.stack([v[0], 0.9 * v[1], -v[0]]).t())
+        lv.b_enc.copy_(torch.tensor([0.0, 0.0, -10.0]))
+        lv.b_dec.zero_()
+
+    def err():
+        with torch.no_grad():
+            return float((lv.decode(lv.encode(x)) - x).square().sum(1).mean())
+
+    before = err()
+    opt = torch.optim.Adam(lv.parameters())
+    idx = resample_level(lv, torch.tensor([False, False, True]), x, opt, rate=0.25, seed=0)
+    assert idx.tolist() == [2] and abs(float(lv.W_dec[2].detach() @ v[1])) > 0.99
+    fires = lv.encode(x)[:, 2].detach() > 0
+    assert 0.15 < float(fires.float().mean()) < 0.35
+    assert err() < before, (err(), before)

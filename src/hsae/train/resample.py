@@ -7,10 +7,14 @@ which a busy feature fires (one firing above BUSY times the level's mean rate; a
 there is none): on data with a known forest the features that survive while others die are
 mostly mergers of two true features firing at twice the usual rate, and what such a feature
 fails to reconstruct is the direction that splits it. Its decoder row
-becomes the unit residual x - x_hat of that input, its encoder column the same direction at the level's mean
-live encoder norm, its bias 0 and its threshold the batch quantile of its new pre-activation
-that lets it fire on the level's mean rate (target L0 / n: a restart neither starts dead nor
-fires on everything). Adam's
+becomes the unit residual x - x_hat of that input, its encoder column the same direction, its
+bias 0 and its threshold the batch quantile of its new pre-activation that lets it fire on the
+level's mean rate (target L0 / n: a restart neither starts dead nor fires on everything). The
+encoder and threshold are then scaled together (the same rows fire) so that on the rows where it
+fires its activation is, on average, the residual along its direction, at most the level's mean
+live encoder norm: at that full size, restarts on SmolLM2 layer 15 fired on inputs the other
+features already reconstruct, added error there and died again within a window, every window
+(docs/forest-quality.md, "Restarts that stay alive"). Adam's
 moments of those entries are reset (the first moment to 0, the second to the mean of the live
 entries, so the first step after the restart has an ordinary size). Ghost gradients alone
 leave a few features of every level dead for good (measured in the forest-quality issue);
@@ -34,6 +38,7 @@ import torch
 BUSY = 1.5  # a feature firing above this multiple of its level's mean rate is busy
 RESAMPLE_UNTIL = 0.5  # fraction of the run after which dead features are no longer restarted
 SPLIT_SHARE = 0.2  # least share of a busy feature's residual energy along one direction that is split
+CALIBRATE_MIN = 0.05  # least scale of a restarted encoder (and threshold) against the live mean norm
 
 
 @torch.no_grad()
@@ -59,12 +64,21 @@ def resample_level(level, dead: torch.Tensor, x: torch.Tensor, opt: torch.optim.
         return idx
     g = torch.Generator(device=x.device).manual_seed(seed)
     rows = torch.multinomial(weight, idx.numel(), replacement=False, generator=g)
-    u = torch.nn.functional.normalize(x[rows] - x_hat[rows], dim=1, eps=1e-12)
+    resid = x - x_hat
+    u = torch.nn.functional.normalize(resid[rows], dim=1, eps=1e-12)
     level.W_dec[idx] = u
     level.W_enc[:, idx] = u.t() * level.W_enc[:, live].norm(dim=0).mean()
     level.b_enc[idx] = 0.0
     h = x @ level.W_enc[:, idx]
-    level.log_threshold[idx] = torch.quantile(h, 1 - rate, dim=0).clamp_min(1e-3).log()
+    t = torch.quantile(h, 1 - rate, dim=0).clamp_min(1e-3)
+    # The encoder sees x, not the residual: at full size a restart adds h * u on rows whose x_hat
+    # already holds most of x.u, so firing costs error and the feature is switched off again (on
+    # SmolLM2 nearly every restart died within a window). Scale it to the residual it is for.
+    fired = h > t
+    s = ((resid @ u.t()) * fired).sum(0) / (h * fired).sum(0).clamp_min(1e-12)
+    s = s.clamp(CALIBRATE_MIN, 1.0)
+    level.W_enc[:, idx] *= s
+    level.log_threshold[idx] = (t * s).log()
     _reset_moments(opt, level, idx, live)
     return idx
 
