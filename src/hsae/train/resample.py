@@ -54,8 +54,8 @@ def resample_level(level, dead: torch.Tensor, x: torch.Tensor, opt: torch.optim.
     if idx.numel() == 0 or not bool(live.any()):
         return idx[:0]
     a = level.encode(x)
-    x_hat = level.decode(a)
-    weight = (x - x_hat).square().sum(1).float().clamp_min(0) + 1e-12
+    resid = x - level.decode(a)
+    weight = resid.square().sum(1).float().clamp_min(0) + 1e-12
     busy = (a > 0).float().mean(0) > BUSY * rate  # features firing far above the level's mean rate
     on = (a[:, busy] > 0).any(1)
     if bool(on.any()):  # only the rows where a busy feature fires
@@ -65,7 +65,6 @@ def resample_level(level, dead: torch.Tensor, x: torch.Tensor, opt: torch.optim.
         return idx
     g = torch.Generator(device=x.device).manual_seed(seed)
     rows = torch.multinomial(weight, idx.numel(), replacement=False, generator=g)
-    resid = x - x_hat
     u = torch.nn.functional.normalize(resid[rows], dim=1, eps=1e-12)
     level.W_dec[idx] = u
     level.W_enc[:, idx] = u.t() * level.W_enc[:, live].norm(dim=0).mean()
