@@ -36,11 +36,11 @@ def run_one(out: str, config: str, seed: int, variant: str) -> dict:
     from hsae.train.dist import Dist
     from hsae.train.trainer import MODEL, Trainer
 
-    acts, sizes, l0 = fq._store(Path(out), config, seed)
-    steps = fq.CONFIGS[config][1]
+    acts, sizes = fq._store(Path(out), config, seed)
+    _, l0, steps = fq.CONFIGS[config]
     kind, _, rho = variant.partition("-")
     run = Path(out) / f"{config}-s{seed}" / variant
-    cfg = TrainConfig(levels=sizes, l0=l0, steps=steps, seed=seed, baseline=kind == "posthoc",
+    cfg = TrainConfig(levels=sizes, l0=[l0], steps=steps, seed=seed, baseline=kind == "posthoc",
                       rho=float(rho or 0.01), tree="fixed" if kind == "oracle" else "partial")
     if not (run / MODEL).is_file():
         cfg.validate()

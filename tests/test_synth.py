@@ -44,7 +44,7 @@ import dataclasses
 import math
 
 from hsae.cli import main
-from hsae.data.synth import PRESETS, SynthOptions, _draw, level_l0, root_probs
+from hsae.data.synth import PRESETS, SynthOptions, _draw, root_probs
 
 ALL = SynthOptions(branching_range=(2, 4), p_no_child=0.2, zipf=1.0, child_zipf=0.5, magnitude_sigma=0.4,
                    root_correlation=0.3, root_group=2)
@@ -114,19 +114,6 @@ def test_children_are_exclusive_and_stop_at_the_no_child_rate():
         assert len(np.unique(key)) == len(key)  # never two siblings in one row
         assert np.isin(key, r0 * f["sizes"][l] + n0).all()  # a child fires only under its firing parent
         assert 1 - len(n1) / len(n0) == pytest.approx(0.2, abs=0.01)
-
-
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_level_l0_is_each_depths_firing_rate(preset):
-    """The per-level target L0 the forest benches train with is what each depth really fires."""
-    o = {k: v for k, v in PRESETS[preset].items() if k not in ("d", "branching", "active")}
-    f = forest(PRESETS[preset]["branching"], d=16, seed=3, options=SynthOptions(**o))
-    active = PRESETS[preset]["active"]
-    _, rec = _draw(f, 40_000, active, 0.0, np.random.default_rng(5))
-    source = {"active": active, "branching": PRESETS[preset]["branching"], **SynthOptions(**o).to_dict()}
-    got = [len(r[1]) / 40_000 for r in rec]
-    assert got == pytest.approx(level_l0(source), rel=0.02)
-    assert level_l0({"active": 3.0, "branching": [8, 3, 3]}) == [3.0, 3.0, 3.0]  # the regular forest
 
 
 def test_child_choice_follows_the_sibling_zipf_weights():

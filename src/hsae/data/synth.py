@@ -289,17 +289,6 @@ def write_synth(out: str | Path, d: int, branching: list[int], tokens: int, seed
     return w.finish(truth="truth.safetensors")
 
 
-def level_l0(source: dict) -> list[float]:
-    """Expected firing nodes per row at each depth of a synth store (its manifest's source dict).
-
-    Roots fire `active` times a row in expectation (zipf's clip and the copula keep that), and a
-    firing non-leaf node fires one child with probability 1 - p_no_child, so depth l fires
-    active * (1 - p_no_child)^l: the target L0 under which a level can learn the truth's features.
-    """
-    stay = 1.0 - float(source.get("p_no_child", 0.0))
-    return [float(source["active"]) * stay ** l for l in range(len(source["branching"]))]
-
-
 def load_truth(path: str | Path) -> dict:
     """{'directions': [[n_l, d] per level], 'parents': [None, [n_1], ...]} from truth.safetensors."""
     from safetensors.torch import load_file
