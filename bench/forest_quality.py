@@ -24,7 +24,8 @@ CONFIGS = {
     "hard": (["--preset", "hard", "--tokens", "200000"], 2.0, 3000),
     "hard-wide": (["--preset", "hard-wide", "--tokens", "200000"], 2.5, 3000),
 }
-METRICS = ["edge_precision", "edge_recall", "edge_f1", "feature_match_hungarian", "hamming", "hamming_chance",
+METRICS = ["edge_precision", "edge_recall", "edge_f1", "edges_recoverable", "edge_precision_recovered",
+           "feature_match_hungarian", "hamming", "hamming_chance",
            "p_parent_given_child", "p_parent_given_child_chance", "p_child_given_parent", "var_explained",
            "max_dead_fraction", "max_l0_error", "largest_family_over_mean"]
 
@@ -50,7 +51,9 @@ def _summary(ev: dict, target: float) -> dict:
     fam = [k for fams in h["children_per_parent"] for k, c in enumerate(fams) if c for _ in range(c)]
     return {
         "edge_precision": tr["edge_precision"], "edge_recall": tr["edge_recall"], "edge_f1": tr["edge_f1"],
+        "edges_recoverable": tr["edges_recoverable"], "edge_precision_recovered": tr["edge_precision_recovered"],
         "feature_match_hungarian": tr["feature_match_hungarian"],
+        "feature_match_per_level": tr["feature_match_hungarian_per_level"],
         "hamming": h["hamming"], "hamming_chance": ch.get("hamming", float("nan")),
         "p_parent_given_child": h["p_parent_given_child"],
         "p_parent_given_child_chance": ch.get("p_parent_given_child", float("nan")),
@@ -90,7 +93,7 @@ def run_one(out: str, config: str, seed: int, method: str, tree: str) -> dict:
     return {"config": config, "seed": seed, "method": method, "tree": tree, "sizes": sizes, **_summary(ev, l0)}
 
 
-TABLE_COLS = ["edge_precision", "edge_f1", "feature_match_hungarian", "hamming", "p_parent_given_child",
+TABLE_COLS = ["edge_precision", "edge_f1", "edges_recoverable", "edge_precision_recovered", "feature_match_hungarian", "hamming", "p_parent_given_child",
               "var_explained", "max_dead_fraction", "max_l0_error", "largest_family_over_mean"]
 
 

@@ -73,3 +73,29 @@ def test_tree_recovery_perfect_and_one_wrong_edge():
     m.set_parent(1, wrong)
     r = tree_recovery(m, truth)
     assert r["edge_precision"] == pytest.approx(4 / 5) and r["edge_recall"] == pytest.approx(4 / 6)
+
+
+def test_tree_recovery_splits_edge_errors_between_dictionary_and_forest():
+    """A wrong link between unrecovered features is the dictionary's error, not the forest's."""
+    torch.manual_seed(1)
+    dirs = [torch.nn.functional.normalize(torch.randn(n, 32), dim=1) for n in (3, 6)]
+    truth = {"directions": dirs, "parents": [None, torch.tensor([0, 0, 1, 1, 2, 2])]}
+    m = HSAE(32, [3, 6])
+    rows = dirs[1].clone()
+    rows[4] = torch.nn.functional.normalize(dirs[1][4] + 1.5 * dirs[1][5], dim=0)  # child 4 merged with 5
+    with torch.no_grad():
+        m.levels[0].W_dec.copy_(dirs[0])
+        m.levels[1].W_dec.copy_(rows)
+    parent = truth["parents"][1].clone()
+    parent[4] = 0  # the merged feature linked to the wrong parent
+    m.set_parent(1, parent)
+    r = tree_recovery(m, truth)
+    assert r["feature_match_hungarian_per_level"][0] == pytest.approx(1.0)
+    assert r["feature_match_hungarian_per_level"][1] < 1.0
+    assert r["edge_precision"] == pytest.approx(5 / 6)
+    assert r["edges_recoverable"] == pytest.approx(5 / 6)  # child 4 is not recovered
+    assert r["edge_precision_recovered"] == pytest.approx(1.0)
+    parent[0] = 1  # now a wrong link between two recovered features
+    m.set_parent(1, parent)
+    r = tree_recovery(m, truth)
+    assert r["edge_precision_recovered"] == pytest.approx(4 / 5)

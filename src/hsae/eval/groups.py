@@ -14,7 +14,7 @@ from ..config import LATER
 
 COLUMNS = ["l0", "var_explained", "p_parent_given_child", "p_child_given_parent", "hamming"]
 CHANCE = ["p_parent_given_child", "p_child_given_parent", "hamming"]  # columns shown with their chance level
-RECOVERY = ["feature_match", "edge_precision", "edge_recall", "edge_f1"]
+RECOVERY = ["feature_match", "edge_precision", "edge_recall", "edge_f1", "edges_recoverable", "edge_precision_recovered"]
 # a run name's seed suffix: NAME-s3 (hsae ablate), NAME-seed3, NAME_seed-3
 SEED_SUFFIX = re.compile(r"(?:-s|[-_]seed[-_]?)\d+$")
 
