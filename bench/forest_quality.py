@@ -24,10 +24,6 @@ CONFIGS = {
     "hard": (["--preset", "hard", "--tokens", "200000"], 2.0, 3000),
     "hard-wide": (["--preset", "hard-wide", "--tokens", "200000"], 2.5, 3000),
 }
-METRICS = ["edge_precision", "edge_recall", "edge_f1", "edges_recoverable", "edge_precision_recovered",
-           "feature_match_hungarian", "hamming", "hamming_chance",
-           "p_parent_given_child", "p_parent_given_child_chance", "p_child_given_parent", "var_explained",
-           "max_dead_fraction", "max_l0_error", "largest_family_over_mean"]
 
 
 def _store(out: Path, config: str, seed: int) -> tuple[Path, list[int]]:
@@ -53,7 +49,7 @@ def _summary(ev: dict, target: float) -> dict:
         "edge_precision": tr["edge_precision"], "edge_recall": tr["edge_recall"], "edge_f1": tr["edge_f1"],
         "edges_recoverable": tr["edges_recoverable"], "edge_precision_recovered": tr["edge_precision_recovered"],
         "feature_match_hungarian": tr["feature_match_hungarian"],
-        "feature_match_per_level": tr["feature_match_hungarian_per_level"],
+        "feature_match_hungarian_per_level": tr["feature_match_hungarian_per_level"],
         "hamming": h["hamming"], "hamming_chance": ch.get("hamming", float("nan")),
         "p_parent_given_child": h["p_parent_given_child"],
         "p_parent_given_child_chance": ch.get("p_parent_given_child", float("nan")),
@@ -93,8 +89,8 @@ def run_one(out: str, config: str, seed: int, method: str, tree: str) -> dict:
     return {"config": config, "seed": seed, "method": method, "tree": tree, "sizes": sizes, **_summary(ev, l0)}
 
 
-TABLE_COLS = ["edge_precision", "edge_f1", "edges_recoverable", "edge_precision_recovered", "feature_match_hungarian", "hamming", "p_parent_given_child",
-              "var_explained", "max_dead_fraction", "max_l0_error", "largest_family_over_mean"]
+TABLE_COLS = ["edge_precision", "edge_f1", "edges_recoverable", "edge_precision_recovered", "feature_match_hungarian",
+              "hamming", "p_parent_given_child", "var_explained", "max_dead_fraction", "max_l0_error", "largest_family_over_mean"]
 
 
 def _table(results: list[dict], keys=("config", "tree", "method"), cols=TABLE_COLS) -> str:

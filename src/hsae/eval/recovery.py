@@ -35,25 +35,26 @@ def tree_recovery(model: HSAE, truth: dict) -> dict:
     dirs = truth["directions"]
     if len(dirs) != len(model.levels):
         raise ValueError(f"truth has {len(dirs)} levels, model has {len(model.levels)}")
-    best, hung, match, mcos = [], [], [], []  # match[l]: learned index -> truth index (or -1)
+    best, hung, match, mcos, rec_t = [], [], [], [], []  # match[l]: learned index -> truth index (or -1)
     for l, lv in enumerate(model.levels):
-        cos = (_unit(dirs[l].float()) @ _unit(lv.W_dec.detach().float()).t()).numpy()  # [n_true, n_learned]
+        cos = (_unit(dirs[l].float()) @ _unit(lv.W_dec.float()).t()).numpy()  # [n_true, n_learned]
         best.append(cos.max(1))
         r, c = linear_sum_assignment(-cos)
         hung.append(cos[r, c])
         m = torch.full((lv.n,), -1, dtype=torch.long)
         m[torch.as_tensor(c)] = torch.as_tensor(r, dtype=torch.long)
-        q = torch.zeros(lv.n)
-        q[torch.as_tensor(c)] = torch.as_tensor(cos[r, c], dtype=torch.float32)
         match.append(m)
+        q = torch.zeros(lv.n)  # learned side: matched cosine (0 if unmatched)
+        q[torch.as_tensor(c)] = torch.as_tensor(cos[r, c], dtype=torch.float32)
         mcos.append(q)
+        t = torch.zeros(len(cos), dtype=torch.bool)  # truth side: recovered
+        t[torch.as_tensor(r)] = torch.as_tensor(cos[r, c] >= RECOVERED)
+        rec_t.append(t)
     n = dict(correct=0, learned=0, true=0, recoverable=0, correct_rec=0, learned_rec=0)
     for l in range(1, len(model.levels)):
         parent, tparent = model.parent(l), truth["parents"][l]
         n["true"] += tparent.numel()
-        both = _recovered_truth(mcos[l], match[l], tparent.numel())
-        both &= _recovered_truth(mcos[l - 1], match[l - 1], len(dirs[l - 1]))[tparent]
-        n["recoverable"] += int(both.sum())
+        n["recoverable"] += int((rec_t[l] & rec_t[l - 1][tparent]).sum())
         ok = (parent >= 0) & (match[l] >= 0)
         ok &= match[l - 1][parent.clamp_min(0)] >= 0
         right = tparent[match[l][ok]] == match[l - 1][parent[ok]]
@@ -76,11 +77,3 @@ def tree_recovery(model: HSAE, truth: dict) -> dict:
         "edges_recoverable": n["recoverable"] / n["true"] if n["true"] else 0.0,
         "edge_precision_recovered": n["correct_rec"] / n["learned_rec"] if n["learned_rec"] else float("nan"),
     }
-
-
-def _recovered_truth(mcos: torch.Tensor, match: torch.Tensor, n_true: int) -> torch.Tensor:
-    """[n_true] bool: truth nodes whose matched learned feature is recovered."""
-    out = torch.zeros(n_true, dtype=torch.bool)
-    hit = match >= 0
-    out[match[hit]] = mcos[hit] >= RECOVERED
-    return out
