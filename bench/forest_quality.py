@@ -24,6 +24,11 @@ CONFIGS = {
     "hard": (["--preset", "hard", "--tokens", "200000"], 2.0, 3000),
     "hard-wide": (["--preset", "hard-wide", "--tokens", "200000"], 2.5, 3000),
 }
+# issue-a with one of the hard presets' options at a time (bench/truth_start.py: which one moves the optimum)
+for _name, _opt in {"a-mag": ["--magnitude-sigma", "0.3"], "a-nochild": ["--p-no-child", "0.2"],
+                    "a-zipf": ["--zipf", "1.0"], "a-childzipf": ["--child-zipf", "0.5"],
+                    "a-range": ["--branching-range", "2,5"], "a-corr": ["--root-correlation", "0.3"]}.items():
+    CONFIGS[_name] = (CONFIGS["issue-a"][0] + _opt, 3.0, 3000)
 
 
 def _store(out: Path, config: str, seed: int) -> tuple[Path, list[int]]:
