@@ -127,6 +127,19 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def run_grid(fn, out: str, grid: list[tuple], jobs: int) -> list[dict]:
+    """fn(out, config, seed, *rest) for every (config, seed, *rest) of grid, `jobs` side by side, stores
+    drawn first (once each, outside the pool); prints each result as a JSON line and returns them."""
+    for c, s, *_ in grid:
+        _store(Path(out), c, s)
+    with ProcessPoolExecutor(jobs) as pool:
+        results = []
+        for f in [pool.submit(fn, out, *g) for g in grid]:
+            results.append(f.result())
+            print(json.dumps(results[-1]), flush=True)
+    return results
+
+
 def main() -> int:
     """Run the grid and print JSON lines, then the table."""
     p = parser(__doc__)
@@ -137,15 +150,7 @@ def main() -> int:
         _method(m)
     grid = [(c, int(s), m, t) for c in a.configs.split(",") for s in a.seeds.split(",")
             for t in a.trees.split(",") for m in a.methods.split(",")]
-    for c, s, _, _ in grid:  # stores first, once each, outside the pool
-        _store(Path(a.out), c, s)
-    with ProcessPoolExecutor(a.jobs) as pool:
-        futs = [pool.submit(run_one, a.out, *g) for g in grid]
-        results = []
-        for f in futs:
-            results.append(f.result())
-            print(json.dumps(results[-1]), flush=True)
-    print(_table(results))
+    print(_table(run_grid(run_one, a.out, grid, a.jobs)))
     return 0
 
 

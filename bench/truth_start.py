@@ -20,13 +20,11 @@ means +- std: per level, Hungarian match to the truth and variance explained at 
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from forest_quality import CONFIGS, _store, parser
+from forest_quality import CONFIGS, _store, parser, run_grid
 
 
 def run_one(out: str, config: str, seed: int, start: str) -> dict:
@@ -93,14 +91,7 @@ def main() -> int:
                    help="comma-separated: random, truth (decoder starts at the truth), truth-fixed (and stays there)")
     a = p.parse_args()
     grid = [(c, int(s), start) for c in a.configs.split(",") for s in a.seeds.split(",") for start in a.starts.split(",")]
-    for c, s, _ in grid:  # stores first, once each, outside the pool
-        _store(Path(a.out), c, s)
-    with ProcessPoolExecutor(a.jobs) as pool:
-        results = []
-        for f in [pool.submit(run_one, a.out, *g) for g in grid]:
-            results.append(f.result())
-            print(json.dumps(results[-1]), flush=True)
-    print(_table(results))
+    print(_table(run_grid(run_one, a.out, grid, a.jobs)))
     return 0
 
 
