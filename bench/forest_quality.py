@@ -98,6 +98,11 @@ TABLE_COLS = ["edge_precision", "edge_f1", "edges_recoverable", "edge_precision_
               "hamming", "p_parent_given_child", "var_explained", "max_dead_fraction", "max_l0_error", "largest_family_over_mean"]
 
 
+def mean_std(v: list[float]) -> str:
+    """'mean ± std' (ddof 1; 0 for one value) to three decimals: one table cell."""
+    return f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}"
+
+
 def _table(results: list[dict], keys=("config", "tree", "method"), cols=TABLE_COLS) -> str:
     """Markdown table of seed means +- std (ddof 1) per group of `keys`, chance levels in brackets."""
     groups: dict[tuple, list[dict]] = {}
@@ -107,9 +112,7 @@ def _table(results: list[dict], keys=("config", "tree", "method"), cols=TABLE_CO
     for key, rs in sorted(groups.items()):
         cells = []
         for c in cols:
-            v = [r[c] for r in rs]
-            m, s = statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0
-            cell = f"{m:.3f} ± {s:.3f}"
+            cell = mean_std([r[c] for r in rs])
             if c in ("hamming", "p_parent_given_child"):
                 cell += f" (chance {statistics.mean(r[c + '_chance'] for r in rs):.3f})"
             cells.append(cell)

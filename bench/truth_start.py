@@ -20,15 +20,14 @@ means +- std: per level, Hungarian match to the truth and variance explained at 
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
-from forest_quality import CONFIGS, _store, parser, run_grid
+from forest_quality import CONFIGS, _store, mean_std, parser, run_grid
 
 
 def run_one(out: str, config: str, seed: int, start: str) -> dict:
-    """Train (or reuse) one run from `start` (random or truth) and return its per-level figures."""
+    """Train (or reuse) one run from `start` (random, truth or truth-fixed) and return its per-level figures."""
     import torch
 
     torch.set_num_threads(1)  # jobs run side by side on a small machine
@@ -64,10 +63,6 @@ def run_one(out: str, config: str, seed: int, start: str) -> dict:
             "edges_recoverable": ev["tree_recovery"]["edges_recoverable"]}
 
 
-def _cell(v: list[float]) -> str:
-    return f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.3f}"
-
-
 def _table(results: list[dict]) -> str:
     """Per (config, start): match and variance explained per level, seed means +- std."""
     groups: dict[tuple, list[dict]] = {}
@@ -77,10 +72,10 @@ def _table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for (config, start), rs in sorted(groups.items()):
         levels = range(len(rs[0]["match"]))
-        match = " / ".join(_cell([r["match"][l] for r in rs]) for l in levels)
-        ve = " / ".join(_cell([r["var_explained"][l] for r in rs]) for l in levels)
+        match = " / ".join(mean_std([r["match"][l] for r in rs]) for l in levels)
+        ve = " / ".join(mean_std([r["var_explained"][l] for r in rs]) for l in levels)
         lines.append(f"| {config} | {start} | {len(rs)} | {match} | {ve} | "
-                     f"{_cell([r['edges_recoverable'] for r in rs])} | {max(r['l0_error'] for r in rs):.3f} |")
+                     f"{mean_std([r['edges_recoverable'] for r in rs])} | {max(r['l0_error'] for r in rs):.3f} |")
     return "\n".join(lines)
 
 
