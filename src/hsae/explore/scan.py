@@ -70,6 +70,64 @@ class _Kept:
         self.values = values.gather(1, order[..., None].expand(-1, -1, values.shape[2]))
 
 
+class _LevelScan:
+    """One level's running statistics and kept windows over the scanned rows."""
+
+    def __init__(self, n: int, k: int, w: int, threshold: torch.Tensor):
+        self.n, self.k, self.threshold = n, k, threshold
+        self.top, self.smp = _Kept(n, k, w), _Kept(n, k, w)
+        self.fires = torch.zeros(n, dtype=torch.long)
+        self.total = torch.zeros(n, dtype=torch.float64)
+        self.hist = torch.zeros(n * N_BINS, dtype=torch.long)
+        self.e_fires = torch.zeros(n, dtype=torch.long)
+        self.e_both = torch.zeros(n, dtype=torch.long)
+
+    def count(self, r_i, f_i, vals, held, both=None) -> None:
+        """Add one chunk's firings (row, feature, value lists; held: on an edge row) to the counts."""
+        n = self.n
+        self.fires += torch.bincount(f_i, minlength=n)
+        self.total += torch.bincount(f_i, weights=vals.double(), minlength=n)
+        bins = (torch.log2(vals / self.threshold[f_i]) * BINS_PER_OCTAVE).floor().long().clamp(0, N_BINS - 1)
+        self.hist += torch.bincount(f_i * N_BINS + bins, minlength=n * N_BINS)
+        self.e_fires += torch.bincount(f_i[held], minlength=n)
+        if both is not None:
+            self.e_both += torch.bincount(f_i[both], minlength=n)
+
+    def keep(self, padded, codes, active, r_i, f_i, vals, keys_u, a, win, same) -> None:
+        """Merge the chunk's top-k rows per feature and its top-k sampling keys into the kept slots."""
+        c, n = codes.shape
+        kk = min(self.k, c)
+        key_s = torch.full((c, n), -torch.inf)
+        key_s[r_i, f_i] = (torch.log(keys_u) / vals.double()).float()
+        key_t = torch.where(active, codes, -torch.inf)
+        feat = torch.arange(n)[:, None]
+        for kept, key in ((self.top, key_t), (self.smp, key_s)):
+            kv, ki = key.topk(kk, dim=0)  # [kk, n]
+            kv, ki = kv.t(), ki.t()  # [n, kk]
+            ok = torch.isfinite(kv)
+            vals_w = padded.t()[feat[..., None], win[ki]]  # [n, kk, w]
+            vals_w = torch.where(same[ki], vals_w, torch.nan)
+            kept.merge(kv, torch.where(ok, ki + a, -1), torch.where(ok, codes[ki, feat], 0.0), vals_w)
+
+    def arrays(self, edges: bool) -> dict:
+        """The level's numpy arrays (see the module docstring); edge_both only for levels with parents."""
+        d = {"fires": self.fires.numpy(), "act_sum": self.total.numpy(),
+             "hist": self.hist.view(-1, N_BINS).numpy(), "edge_fires": self.e_fires.numpy()}
+        if edges:
+            d["edge_both"] = self.e_both.numpy()
+        for name, kept in (("top", self.top), ("sample", self.smp)):
+            d[f"{name}_row"] = kept.row.numpy()
+            d[f"{name}_act"] = kept.act.numpy()
+            d[f"{name}_values"] = kept.values.half().numpy()
+        return d
+
+
+def _windows(ctx: torch.Tensor, c: int, before: int, w: int):
+    """([c, w] padded indices of each chunk row's window, [c, w] which lie in the row's context)."""
+    win = torch.arange(c)[:, None] + torch.arange(w)
+    return win, ctx[win] == ctx[torch.arange(c) + before][:, None]
+
+
 @torch.no_grad()
 def scan(model: HSAE, store: Store, rows: range, context: np.ndarray, edge_rows: range, k: int = 20,
          before: int = 12, after: int = 4, seed: int = 0, chunk: int = 2048, progress: bool = True,
@@ -82,17 +140,7 @@ def scan(model: HSAE, store: Store, rows: range, context: np.ndarray, edge_rows:
     encode = encode or (lambda lv, x: lv.encode(x))
     w = before + 1 + after
     ctx_all = torch.from_numpy(np.asarray(context, dtype=np.int64))
-    L = len(model.levels)
-    top = [_Kept(n, k, w) for n in model.sizes]
-    smp = [_Kept(n, k, w) for n in model.sizes]
-    fires = [torch.zeros(n, dtype=torch.long) for n in model.sizes]
-    total = [torch.zeros(n, dtype=torch.float64) for n in model.sizes]
-    neg_inf = torch.tensor(-torch.inf)
-    hist = [torch.zeros(n * N_BINS, dtype=torch.long) for n in model.sizes]
-    e_fires = [torch.zeros(n, dtype=torch.long) for n in model.sizes]
-    e_both = [torch.zeros(n, dtype=torch.long) for n in model.sizes]
-    thresholds = [lv.threshold.detach() for lv in model.levels]
-    offs = torch.arange(w)
+    levels = [_LevelScan(n, k, w, lv.threshold.detach()) for n, lv in zip(model.sizes, model.levels)]
     bar = tqdm(total=len(rows), unit="row", desc="contexts", disable=not progress)
     for a in range(rows.start, rows.stop, chunk):
         b = min(rows.stop, a + chunk)
@@ -103,15 +151,13 @@ def scan(model: HSAE, store: Store, rows: range, context: np.ndarray, edge_rows:
         P = before + (b - a) + after
         ctx = torch.full((P,), -1, dtype=torch.long)
         ctx[pad0:pad0 + hi - lo] = ctx_all[lo - rows.start:hi - rows.start]
-        centre = torch.arange(b - a)
-        win = centre[:, None] + offs  # [c, w] padded indices of each row's window
-        same = ctx[win] == ctx[centre + before][:, None]  # [c, w] window positions inside the row's context
+        win, same = _windows(ctx, b - a, before, w)
         e_mask = torch.zeros(b - a, dtype=torch.bool)
         e_lo, e_hi = max(a, edge_rows.start), min(b, edge_rows.stop)
         if e_lo < e_hi:
             e_mask[e_lo - a:e_hi - a] = True
         act_prev = None
-        for l, lv in enumerate(model.levels):
+        for l, (lv, st) in enumerate(zip(model.levels, levels)):
             padded = torch.zeros(P, lv.n)
             # rows never trained on (special tokens, massive activations) show no activation
             padded[pad0:pad0 + hi - lo] = encode(lv, x) * ordinary[:, None]
@@ -120,42 +166,13 @@ def scan(model: HSAE, store: Store, rows: range, context: np.ndarray, edge_rows:
             # per-feature counts from the sparse (row, feature) list: the dense [c, n] reductions cost more
             r_i, f_i = active.nonzero(as_tuple=True)
             vals = codes[r_i, f_i]
-            fires[l] += torch.bincount(f_i, minlength=lv.n)
-            total[l] += torch.bincount(f_i, weights=vals.double(), minlength=lv.n)
-            bins = (torch.log2(vals / thresholds[l][f_i]) * BINS_PER_OCTAVE).floor().long().clamp(0, N_BINS - 1)
-            hist[l] += torch.bincount(f_i * N_BINS + bins, minlength=lv.n * N_BINS)
-            held = e_mask[r_i]
-            e_fires[l] += torch.bincount(f_i[held], minlength=lv.n)
+            held, both = e_mask[r_i], None
             if l:
                 p_i = model.parent(l)[f_i]
                 both = held & (p_i >= 0) & act_prev[r_i, p_i.clamp_min(0)]
-                e_both[l] += torch.bincount(f_i[both], minlength=lv.n)
+            st.count(r_i, f_i, vals, held, both)
+            st.keep(padded, codes, active, r_i, f_i, vals, uniforms(seed, l, r_i + a, f_i), a, win, same)
             act_prev = active
-            # candidates of this chunk: its top-k rows per feature, and its top-k sampling keys
-            kk = min(k, b - a)
-            key_s = torch.full((b - a, lv.n), -torch.inf)
-            u = uniforms(seed, l, r_i + a, f_i)
-            key_s[r_i, f_i] = (torch.log(u) / vals.double()).float()
-            key_t = torch.where(active, codes, neg_inf)
-            for kept, key in ((top[l], key_t), (smp[l], key_s)):
-                kv, ki = key.topk(kk, dim=0)  # [kk, n]
-                kv, ki = kv.t(), ki.t()  # [n, kk]
-                ok = torch.isfinite(kv)
-                feat = torch.arange(lv.n)[:, None]
-                vals_w = padded.t()[feat[..., None], win[ki]]  # [n, kk, w]
-                vals_w = torch.where(same[ki], vals_w, torch.nan)
-                kept.merge(kv, torch.where(ok, ki + a, -1), torch.where(ok, codes[ki, feat], 0.0), vals_w)
         bar.update(b - a)
     bar.close()
-    out = []
-    for l in range(L):
-        d = {"fires": fires[l].numpy(), "act_sum": total[l].numpy(), "hist": hist[l].view(-1, N_BINS).numpy(),
-             "edge_fires": e_fires[l].numpy()}
-        if l:
-            d["edge_both"] = e_both[l].numpy()
-        for name, kept in (("top", top[l]), ("sample", smp[l])):
-            d[f"{name}_row"] = kept.row.numpy()
-            d[f"{name}_act"] = kept.act.numpy()
-            d[f"{name}_values"] = kept.values.half().numpy()
-        out.append(d)
-    return out
+    return [st.arrays(l > 0) for l, st in enumerate(levels)]
