@@ -67,16 +67,18 @@ class _JumpReLUL0(torch.autograd.Function):
         near = (h > t - eps / 2) & (h < t + eps / 2)  # the rectangle kernel's support
         ctx.save_for_backward(active, near, t)
         ctx.eps, ctx.B = eps, h.shape[0]
-        ctx.near_count = near.sum(0, dtype=h.dtype)
         support = active | near
         ctx.mark_non_differentiable(support)
-        return h * active, active.sum(dtype=h.dtype) / h.shape[0], support
+        # where and count_nonzero, not products with or sums of the masks: on the CPU those first
+        # copy the whole [B, n] mask to float, a pass and an allocation each
+        return torch.where(active, h, 0.0), torch.count_nonzero(active).to(h.dtype) / ctx.B, support
 
     @staticmethod
     def backward(ctx, ga, gl0, _):
         active, near, t = ctx.saved_tensors
-        gt = -(t * (ga * near).sum(0) + gl0 * ctx.near_count / ctx.B) / ctx.eps
-        return ga * active, gt, None
+        # both thresholds' terms share the kernel: -(1 / eps) sum over near rows of (t ga + gl0 / B)
+        gt = -torch.where(near, torch.addcmul(gl0 / ctx.B, ga, t), 0.0).sum(0) / ctx.eps
+        return torch.where(active, ga, 0.0), gt, None
 
 
 def jumprelu_l0(h: torch.Tensor, threshold: torch.Tensor, eps: float):
