@@ -24,12 +24,12 @@ class _JumpReLU(torch.autograd.Function):
     def forward(ctx, h, t, eps):
         ctx.save_for_backward(h, t)
         ctx.eps = eps
-        return h * (h > t)
+        return torch.where(h > t, h, 0.0)  # not h * mask: that first copies the mask to float (see below)
 
     @staticmethod
     def backward(ctx, g):
         h, t = ctx.saved_tensors
-        gh = g * (h > t)
+        gh = torch.where(h > t, g, 0.0)
         gt = -(g * t * _kernel(h, t, ctx.eps)).sum(0)
         return gh, gt, None
 
