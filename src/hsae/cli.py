@@ -335,11 +335,18 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every subcommand."""
-    from .data.live import BUFFER_ROWS
-
     p = _Parser(prog="hsae", description="Hierarchical sparse autoencoders: train, evaluate, explore.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    _data_commands(sub)
+    _train_commands(sub)
+    _eval_commands(sub)
+    _interop_commands(sub)
+    _explore_commands(sub)
+    return p
 
+
+def _data_commands(sub) -> None:
+    """Add synth and collect: the commands that make activation stores."""
     s = sub.add_parser("synth", help="generate synthetic activations from a known forest")
     s.add_argument("--out", required=True, help="store directory to write")
     s.add_argument("--preset", help="a named harder forest, every option on: hard (d 64) or hard-wide (d 128); flags override it")
@@ -372,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.set_defaults(fn=cmd_collect)
 
+
+def _train_commands(sub) -> None:
+    """Add train: an HSAE or the post-hoc baseline, from a store or a live model."""
+    from .data.live import BUFFER_ROWS
+
     t = sub.add_parser("train", help="train an HSAE or the post-hoc baseline")
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument("--acts", help="activation store directory, or one .npy/.safetensors [N, d] file")
@@ -399,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
     t.set_defaults(fn=cmd_train)
 
+
+def _eval_commands(sub) -> None:
+    """Add eval, ablate, report and compare: metrics of trained runs."""
     e = sub.add_parser("eval", help="metrics of a trained run on held-out activations")
     e.add_argument("run", help="run directory")
     e.add_argument("--acts", help="activation store (default: the one it was trained on)")
@@ -429,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-paper", action="store_true", help="leave out the paper's rows")
     c.add_argument("--per-run", action="store_true", help="one row per eval file instead of seed means +- std per configuration")
     c.set_defaults(fn=cmd_compare)
+
+
+def _interop_commands(sub) -> None:
+    """Add export, import-saelens, steer, judge and explain: other tools and LLMs."""
     x = sub.add_parser("export", help="export a run as SAELens SAEs (one per level) or Neuronpedia JSON")
     x.add_argument("run", help="run directory")
     x.add_argument("--format", required=True, choices=["saelens", "neuronpedia"], help="output format")
@@ -476,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="explanations file (default: RUN/explanations.json; existing entries are kept)")
     _llm_flags(ex)
     ex.set_defaults(fn=cmd_explain)
+
+
+def _explore_commands(sub) -> None:
+    """Add contexts and browse: what a run's features fire on, and the forest to browse."""
     x = sub.add_parser("contexts", help="per-feature contexts, statistics and promoted tokens of a run")
     x.add_argument("run", help="run directory (writes RUN/contexts.safetensors)")
     x.add_argument("--acts", help="activation store (default: the one it was trained on); needs per-row tokens")
@@ -497,7 +520,6 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0, help="UMAP seed")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     w.set_defaults(fn=cmd_browse)
-    return p
 
 
 # The directory each writing command holds the one-writer lock of (files.py) ...

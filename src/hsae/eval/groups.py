@@ -67,6 +67,7 @@ def values(ev: dict) -> dict:
 
 
 def fmt(v) -> str:
+    """A table cell: floats to 3 decimals below 10, to 1 above; anything else as str."""
     return f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:.1f}" if isinstance(v, float) else str(v)
 
 

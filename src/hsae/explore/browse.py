@@ -106,15 +106,7 @@ def page_data(run: str | Path, maps: str = "auto", seed: int = 0, progress: bool
              "wn": {i: lab[1] for i, lab in enumerate(wn["labels"][l]) if lab} if wn else {},
              "wns": {i: s for i, s in enumerate(wn["edge_status"][l - 1]) if s} if wn and l else {}}
         if l:
-            p = parents[l]
-            has = p >= 0
-            Wp = model.levels[l - 1].W_dec.detach().numpy()
-            cos = np.where(has, (W * Wp[np.clip(p, 0, None)]).sum(1), 0.0)
-            both = c.array(l, "edge_both")
-            cf, pf = c.array(l, "edge_fires"), c.array(l - 1, "edge_fires")[np.clip(p, 0, None)]
-            d.update(parent=p.tolist(), cos=_round(cos, 3), both=both.tolist(),
-                     pc=_round(np.where(cf > 0, both / np.maximum(cf, 1), -1), 3),
-                     cp=_round(np.where((pf > 0) & has, both / np.maximum(pf, 1), -1), 3))
+            d.update(_edges(c, l, parents[l], W, model.levels[l - 1].W_dec.detach().numpy()))
         levels.append(d)
     trees = tree_maps(model, roots, maps, seed)
     return {"meta": {"run": str(run), "model": c.info["model"], "layer": c.info["layer"], "sizes": c.sizes,
@@ -123,6 +115,18 @@ def page_data(run: str | Path, maps: str = "auto", seed: int = 0, progress: bool
                      "row_start": c.row_start, "baseline": cfg.baseline},
             "vocab": [c.vocab[t] for t in ids], "tokdtype": np.dtype(tok_dtype).name,
             "tokens": _b64(lut[c.tokens].astype(tok_dtype)), "levels": levels, "trees": trees}
+
+
+def _edges(c: Contexts, l: int, p: np.ndarray, W: np.ndarray, Wp: np.ndarray) -> dict:
+    """Level l's edges to its parents p: decoder cosines, co-firing counts, P(parent | child) and
+    P(child | parent) on the scanned rows (-1 where the denominator never fired)."""
+    has = p >= 0
+    cos = np.where(has, (W * Wp[np.clip(p, 0, None)]).sum(1), 0.0)
+    both = c.array(l, "edge_both")
+    cf, pf = c.array(l, "edge_fires"), c.array(l - 1, "edge_fires")[np.clip(p, 0, None)]
+    return dict(parent=p.tolist(), cos=_round(cos, 3), both=both.tolist(),
+                pc=_round(np.where(cf > 0, both / np.maximum(cf, 1), -1), 3),
+                cp=_round(np.where((pf > 0) & has, both / np.maximum(pf, 1), -1), 3))
 
 
 def tree_maps(model, roots: list[np.ndarray], maps: str, seed: int) -> dict:
