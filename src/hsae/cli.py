@@ -312,6 +312,12 @@ def cmd_browse(a) -> int:
     return 0
 
 
+def _train_flags(p) -> None:
+    """The TrainConfig flags shared by `train` and `ablate` (unset: the config's value; see _train_config)."""
+    for flag, (name, typ, hlp) in TRAIN_FLAGS.items():
+        p.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
+
+
 def _eval_flags(p) -> None:
     """Flags shared by `eval` and `ablate`."""
     p.add_argument("--splice", action="store_true", help="also run the model with each level spliced in: CE loss recovered, KL")
@@ -407,8 +413,7 @@ def _train_commands(sub) -> None:
     t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="precision of the matrix products (bfloat16: autocast; weights and loss terms stay float32)")
     t.add_argument("--compile", action="store_true", help="compile each level's dense encode (matmul + JumpReLU + L0) with torch.compile")
-    for flag, (name, typ, hlp) in TRAIN_FLAGS.items():
-        t.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
+    _train_flags(t)
     t.set_defaults(fn=cmd_train)
 
 
@@ -428,8 +433,7 @@ def _eval_commands(sub) -> None:
     b.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v],
                    default="hsae,no-constraint,no-perturbation,fixed-tree,full-tree,binary-tree,post-hoc",
                    help="comma-separated variants (default: the paper's seven; also matryoshka: SAELens's Matryoshka BatchTopK SAE, its prefixes as levels)")
-    for flag, (name, typ, hlp) in TRAIN_FLAGS.items():
-        b.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
+    _train_flags(b)
     b.add_argument("--seeds", type=_ints, help="train every variant with each of these seeds (runs NAME, NAME-sS); default: --seed")
     _eval_flags(b)
     b.set_defaults(fn=cmd_ablate)
