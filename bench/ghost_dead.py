@@ -41,9 +41,9 @@ def main() -> None:
     tr = trainer_mod.Trainer(cfg, store, tempfile.mkdtemp(), Dist("cpu"))
     tr.model.load_state_dict(model.state_dict())
     tr.step = int(0.6 * cfg.steps)  # where the schedule's rate is ~0.4 x its peak; no restarts after half the run
-    if tr.step + a.steps >= (tr.step // cfg.dead_period + 1) * cfg.dead_period:
-        raise SystemExit(f"--steps must end before the next dead window closes (at most "
-                         f"{(tr.step // cfg.dead_period + 1) * cfg.dead_period - tr.step - 1} here)")
+    room = (tr.step // cfg.dead_period + 1) * cfg.dead_period - tr.step - 1  # steps before a window closes
+    if a.steps > room:
+        raise SystemExit(f"--steps must end before the next dead window closes (at most {room} here)")
     tr.assign()
     tr.assigned = True
     lv = tr.model.levels[-1]
