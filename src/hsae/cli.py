@@ -314,6 +314,7 @@ def cmd_browse(a) -> int:
 
 def _train_flags(p) -> None:
     """The TrainConfig flags shared by `train` and `ablate` (unset: the config's value; see _train_config)."""
+    p.add_argument("--config", help="config.json to start from (flags override its fields)")
     for flag, (name, typ, hlp) in TRAIN_FLAGS.items():
         p.add_argument(flag, dest=name, type=typ, default=None, help=hlp)
 
@@ -405,7 +406,6 @@ def _train_commands(sub) -> None:
     t.add_argument("--buffer-rows", type=int, default=BUFFER_ROWS,
                    help="with --model: rows per chunk of the shuffle buffer (it holds about twice this many)")
     t.add_argument("--out", required=True, help="run directory (rerun with the same --out to resume)")
-    t.add_argument("--config", help="config.json to start from (flags override its fields)")
     t.add_argument("--baseline", action="store_true", help="post-hoc baseline: independent levels, forest assigned at the end")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     # Not part of the run's identity: a run may resume on another device, precision or world size.
@@ -429,7 +429,6 @@ def _eval_commands(sub) -> None:
     b = sub.add_parser("ablate", help="train and evaluate the paper's ablation set (resumable) and print its table")
     b.add_argument("--acts", required=True, help="activation store directory")
     b.add_argument("--out", required=True, help="directory of the ablation's runs (rerun to resume; finished runs are skipped)")
-    b.add_argument("--config", help="config.json to start from (flags override its fields)")
     b.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v],
                    default="hsae,no-constraint,no-perturbation,fixed-tree,full-tree,binary-tree,post-hoc",
                    help="comma-separated variants (default: the paper's seven; also matryoshka: SAELens's Matryoshka BatchTopK SAE, its prefixes as levels)")
