@@ -15,8 +15,10 @@ from __future__ import annotations
 import torch
 
 
-def _kernel(h: torch.Tensor, t: torch.Tensor, eps: float) -> torch.Tensor:
-    return ((h - t).abs() < eps / 2).to(h.dtype) / eps
+def _near(h: torch.Tensor, t: torch.Tensor, eps: float) -> torch.Tensor:
+    """The rectangle kernel's support, |h - t| < eps / 2, as a bool mask (used in `where`, never as
+    a float factor: that would copy the whole mask)."""
+    return (h - t).abs() < eps / 2
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -30,7 +32,7 @@ class _JumpReLU(torch.autograd.Function):
     def backward(ctx, g):
         h, t = ctx.saved_tensors
         gh = torch.where(h > t, g, 0.0)
-        gt = -(g * t * _kernel(h, t, ctx.eps)).sum(0)
+        gt = -torch.where(_near(h, t, ctx.eps), g * t, 0.0).sum(0) / ctx.eps
         return gh, gt, None
 
 
@@ -44,7 +46,7 @@ class _Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         h, t = ctx.saved_tensors
-        gt = -(g * _kernel(h, t, ctx.eps)).sum(0)
+        gt = -torch.where(_near(h, t, ctx.eps), g, 0.0).sum(0) / ctx.eps
         return None, gt, None
 
 
