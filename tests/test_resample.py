@@ -1,5 +1,7 @@
 """Restarting dead features (train/resample.py) on what a busy, merged feature fails to reconstruct."""
 
+import json
+
 import torch
 
 from hsae.cli import main
@@ -134,3 +136,22 @@ def test_no_feature_of_the_regular_forest_ends_dead(tmp_path):
     assert train(cfg, acts, tmp_path / "run", progress=False) == 0
     ev = evaluate_run(tmp_path / "run")
     assert [lv["dead_fraction"] for lv in ev["levels"]] == [0.0, 0.0, 0.0]
+
+
+def test_ghost_off_trains_dead_features_without_ghost_grads(tmp_path):
+    """ghost=False (a config field, for wide models whose dead features ghost grads bury): the same
+    dead features are found and kept out, but no ghost term is trained; ghost=True trains one."""
+    acts = tmp_path / "synth"
+    assert main(["synth", "--out", str(acts), "--d", "16", "--branching", "4,2", "--tokens", "20000",
+                 "--seed", "0", "--quiet"]) == 0
+    logs = {}
+    for ghost in (True, False):
+        cfg = TrainConfig(levels=[4, 64], l0=[1.0], steps=200, batch_size=256, dead_steps=20,
+                          resample=False, baseline=True, ghost=ghost)
+        run = tmp_path / f"ghost-{ghost}"
+        assert train(cfg, acts, run, progress=False) == 0
+        assert TrainConfig.load(run / "config.json", complete=True).ghost is ghost
+        logs[ghost] = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert any(r["dead"][1] > 0 for r in logs[False])
+    assert all(g == 0 for r in logs[False] for g in r["ghost"])
+    assert any(r["ghost"][1] > 0 for r in logs[True])

@@ -13,7 +13,7 @@ from .model.forest import HUBS, SIMILARITIES, TREES
 
 RESTARTS = ("residual", "split")  # train/resample.py: resample_level, split_level
 # Fields added after runs were written, with the value that reproduces those runs.
-LATER = {"restart": "residual", "first_update": 0.0}
+LATER = {"restart": "residual", "first_update": 0.0, "ghost": True}
 
 
 class UserError(Exception):
@@ -49,7 +49,9 @@ class TrainConfig:
     l0_rate: float = 0.001  # controller: desired dL0/step = -rate * (L0 - target), rate >= 20/steps
     dead_steps: int = 1000  # window (capped at 10% of steps) over which firing is counted
     dead_fraction: float = 0.01  # dead: fired < this fraction of its level's mean rate (L0/n) in a window;
-    # dead features get ghost grads and stay out of the forest
+    # dead features stay out of the forest
+    ghost: bool = True  # ghost grads on dead features (off: 5x fewer dead on SmolLM2, more on small synthetic
+    # forests; docs/forest-quality.md, "Ghost grads bury")
     resample: bool = True  # restart dead features during the first half of the run (train/resample.py)
     restart: str = "residual"  # how: residual (on one badly reconstructed input) | split (split merged busy features)
     holdout: float = 0.05  # fraction of the store (its tail) kept for evaluation

@@ -206,8 +206,9 @@ class Trainer:
         for grp in self.opt.param_groups:
             grp["lr"] = lr
         x = self.batches.get(self.step).to(self.device, non_blocking=True)
-        # this step's masks (None where a level has no dead feature); a window closing below replaces them
-        dead = [d if n else None for d, n in zip(self.dead, self.n_dead)]
+        # this step's ghost-grad masks (None where a level has no dead feature or ghost is off); a window
+        # closing below replaces them
+        dead = [d if n and cfg.ghost else None for d, n in zip(self.dead, self.n_dead)]
         n_dead = list(self.n_dead)
         restarted = None
         rho = 0.0 if cfg.baseline else cfg.rho
