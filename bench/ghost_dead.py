@@ -63,7 +63,8 @@ def main() -> None:
                           "max_pre_over_threshold": float((h.max(0).values / t).median()),
                           "encoder_norm": float(lv.W_enc[:, dead].norm(dim=0).median()),
                           "b_enc": float(lv.b_enc[dead].median()), "threshold": float(t.median()),
-                          "revived": int(((lv.encode(held)[:, dead] > 0).sum(0) > 0).sum())}), flush=True)
+                          # fires: h > t (t > 0), what encode's JumpReLU keeps, without a second encode
+                          "revived": int(((h > t).sum(0) > 0).sum())}), flush=True)
 
     report(0)
     for i in range(a.steps):
