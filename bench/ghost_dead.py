@@ -36,6 +36,7 @@ def main() -> None:
     a = p.parse_args()
     cfg, model, _ = load_run(a.run)
     cfg.resample = False  # no restart: the dead mask set below stays until the next window closes
+    cfg.ghost = True  # the ghost arm's grads even for a run trained with "ghost": false
     trainer_mod.lr_at = lambda step, steps, peak, warmup: a.lr_frac * peak
     store = Store(cfg.acts)
     tr = trainer_mod.Trainer(cfg, store, tempfile.mkdtemp(), Dist("cpu"))
@@ -45,7 +46,6 @@ def main() -> None:
     if a.steps > room:
         raise SystemExit(f"--steps must end before the next dead window closes (at most {room} here)")
     tr.assign()
-    tr.assigned = True
     lv = tr.model.levels[-1]
     _, rows = store.split(cfg.holdout)
     held = next(iter(store.ordinary_batches(range(rows.start, min(rows.stop, rows.start + a.rows)), a.rows)))

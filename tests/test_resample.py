@@ -139,8 +139,9 @@ def test_no_feature_of_the_regular_forest_ends_dead(tmp_path):
 
 
 def test_ghost_off_trains_dead_features_without_ghost_grads(tmp_path):
-    """ghost=False (a config field, for wide models whose dead features ghost grads bury): the same
-    dead features are found and kept out, but no ghost term is trained; ghost=True trains one."""
+    """ghost=False (a config field, for wide models whose dead features ghost grads bury): dead
+    features are still found, but no ghost term is trained; ghost=True trains one. The field
+    round-trips through the run's config.json."""
     acts = tmp_path / "synth"
     assert main(["synth", "--out", str(acts), "--d", "16", "--branching", "4,2", "--tokens", "20000",
                  "--seed", "0", "--quiet"]) == 0
