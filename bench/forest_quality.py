@@ -66,10 +66,10 @@ def _summary(ev: dict, target: float) -> dict:
 
 
 def _method(method: str) -> tuple[str, list[str]]:
-    """('hsae' or 'posthoc', its options) of e.g. hsae, posthoc-split, hsae-csls-split."""
+    """('hsae' or 'posthoc', its options) of e.g. hsae, posthoc-split, hsae-csls-split, hsae-noghost."""
     base, *opts = method.split("-")
-    if base not in ("hsae", "posthoc") or set(opts) - {"csls", "split"}:
-        raise SystemExit(f"unknown method {method!r}: hsae or posthoc, with -csls and/or -split")
+    if base not in ("hsae", "posthoc") or set(opts) - {"csls", "split", "noghost"}:
+        raise SystemExit(f"unknown method {method!r}: hsae or posthoc, with -csls, -split and/or -noghost")
     return base, opts
 
 
@@ -88,7 +88,8 @@ def run_one(out: str, config: str, seed: int, method: str, tree: str) -> dict:
     run = out / f"{config}-s{seed}" / f"{method}-{tree}"
     base, opts = _method(method)
     cfg = TrainConfig(levels=sizes, l0=[l0], steps=steps, seed=seed, tree=tree, baseline=base == "posthoc",
-                      hub="csls" if "csls" in opts else "none", restart="split" if "split" in opts else "residual")
+                      hub="csls" if "csls" in opts else "none", restart="split" if "split" in opts else "residual",
+                      ghost="noghost" not in opts)
     assert train(cfg, acts, run, progress=False) == 0
     ev = evaluate_run(run)
     return {"config": config, "seed": seed, "method": method, "tree": tree, "sizes": sizes, **_summary(ev, l0)}
@@ -147,7 +148,9 @@ def main() -> int:
     """Run the grid and print JSON lines, then the table."""
     p = parser(__doc__)
     p.add_argument("--trees", default="partial,full", help="comma-separated tree shapes")
-    p.add_argument("--methods", default="hsae,posthoc", help="comma-separated: hsae, posthoc, with -csls (hub rule) and/or -split (restarts), e.g. hsae-csls")
+    p.add_argument("--methods", default="hsae,posthoc",
+                   help="comma-separated: hsae, posthoc, with -csls (hub rule), -split (restarts) and/or -noghost "
+                        "(no ghost grads), e.g. hsae-csls")
     a = p.parse_args()
     for m in a.methods.split(","):  # a typo fails here, not after the stores are drawn
         _method(m)
