@@ -1,7 +1,7 @@
 #!/bin/sh
 # Issue 14's GPU check as one prepared script, for a lent device machine (the `device` tool runs it
 # from the repository root and brings back what it writes under $OUT: six files, under its limit of 8).
-# About 8 minutes on one H100:
+# At most 8 minutes (its time limits sum to 480 s; never yet run on a GPU):
 #   - the suite at the paper's dims (bench/run_all.py: step times of the HSAE and of independent
 #     levels, FLOP rates against plain matmuls, GPU memory, projected hours for 100M tokens), fp32
 #     and bf16, each measurement in a fresh process;
