@@ -8,7 +8,8 @@ Both use bench/step.py's setup (forest assigned, thresholds at the target L0).
 
 Per coupling: one process, one HSAE trainer and one of independent levels; per round each variant
 runs one trainer step, in turn, so they share the machine's drift. Variants: full (constraint +
-swap), swap only (rho = 0), constraint only (no swap), neither (an HSAE trainer with no coupling).
+swap), swap only (rho = 0), constraint only (no swap), neither (an HSAE trainer with no coupling),
+and full in the torch form (model/kernel.py's compiled loops off: the couplings as a GPU runs them).
 Prints per variant the median seconds per step and its ratio to the independent levels.
 
 Per function (--ops): every aten op of the loss's forward + backward is timed by a dispatch mode
@@ -38,15 +39,19 @@ import step as bench_step  # noqa: E402
 
 def per_coupling(trs: dict, rounds: int) -> dict:
     """{variant: median seconds per trainer step, ratio to independent}."""
+    from hsae.model import kernel
+
     h = trs["hsae"]
     rho, swap = h.cfg.rho, h.cfg.swap
     variants = {"independent": (trs["independent"], None), "full": (h, (rho, swap)),
-                "swap_only": (h, (0.0, swap)), "constraint_only": (h, (rho, 0.0)), "neither": (h, (0.0, 0.0))}
+                "swap_only": (h, (0.0, swap)), "constraint_only": (h, (rho, 0.0)), "neither": (h, (0.0, 0.0)),
+                "full_torch_form": (h, (rho, swap))}
     times = {k: [] for k in variants}
     for r in range(rounds + 2):  # two warm-up rounds
         for k, (tr, couplings) in variants.items():
             if couplings:
                 tr.cfg.rho, tr.cfg.swap = couplings
+            kernel.ENABLED = k != "full_torch_form"  # the couplings as a GPU runs them (on a CPU: model/kernel.py)
             t = time.perf_counter()
             tr.train_step()
             if r >= 2:

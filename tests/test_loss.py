@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import hsae.model.constraint as constraint_mod
+import hsae.model.kernel as kernel_mod
 from hsae.model import HSAE, hsae_loss
-from hsae.model.constraint import _divmod, _sort, flat_nonzero, sibling_cross, sibling_groups
+from hsae.model.constraint import _divmod, _sort, flat_nonzero, sibling_cross, sibling_groups, support_entries
 from hsae.model.couple import coupled_decodes
 from reference import dense_loss
 
@@ -31,6 +32,14 @@ def _case(seed, sizes=(4, 10, 24), d=8, big_family=False):
     return m, x, swap
 
 
+@pytest.fixture(params=["kernel", "torch"])
+def form(request, monkeypatch):
+    """Each test runs both forms of the couplings on the CPU: model/kernel.py's compiled loops, and
+    the torch form that CUDA runs."""
+    monkeypatch.setattr(kernel_mod, "ENABLED", request.param == "kernel")
+    return request.param
+
+
 def _grads(m, loss):
     m.zero_grad()
     loss.backward()
@@ -39,7 +48,7 @@ def _grads(m, loss):
 
 
 @pytest.mark.parametrize("seed,big", [(0, False), (1, False), (2, True), (3, True)])
-def test_fast_loss_matches_dense(seed, big):
+def test_fast_loss_matches_dense(seed, big, form):
     m, x, swap = _case(seed, big_family=big)
     lam, rho, bw = [0.1, 0.2, 0.3], 0.7, 0.2  # wide bandwidth: many entries in the kernel
     fast = hsae_loss(m, x, lam, rho, swap=swap, bandwidth=bw)
@@ -52,7 +61,7 @@ def test_fast_loss_matches_dense(seed, big):
     assert gf["levels.1.log_threshold"].abs().sum() > 0
 
 
-def test_baseline_loss_is_independent_levels():
+def test_baseline_loss_is_independent_levels(form):
     m, x, _ = _case(5)
     out = hsae_loss(m, x, [0.1] * 3, rho=0.0, swap=None, bandwidth=0.1)
     for l in range(1, 3):
@@ -61,9 +70,11 @@ def test_baseline_loss_is_independent_levels():
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_coupled_node_gradcheck_with_chunks(monkeypatch, chunked):
+def test_coupled_node_gradcheck_with_chunks(monkeypatch, chunked, form):
     """The one node's hand-written backward (decodes, swaps, constraints) is the exact gradient,
-    with what the forward keeps for it, and when every constraint loop runs in several chunks."""
+    with what the forward keeps for it, and when every constraint loop runs in several chunks.
+    The activations enter through their supports, as the JumpReLU passes them on: the compiled
+    loops give their gradient on the supports only."""
     if chunked:
         monkeypatch.setattr(constraint_mod, "_CHUNK_FLOATS", 16)
     g = torch.Generator().manual_seed(0)
@@ -72,14 +83,14 @@ def test_coupled_node_gradcheck_with_chunks(monkeypatch, chunked):
                torch.randint(-1, 12, (20,), generator=g)]
     acts = [torch.randn(B, k, dtype=torch.float64, generator=g).relu().requires_grad_() for k in n]
     supports = [(a > 0) | (torch.rand(a.shape, generator=g) < 0.2) for a in acts]  # some only in the kernel
-    entries = [flat_nonzero(s) for s in supports]
     W = [torch.randn(k, d, dtype=torch.float64, generator=g, requires_grad=True) for k in n]
     b = [torch.randn(d, dtype=torch.float64, generator=g, requires_grad=True) for _ in n]
     swap = [torch.tensor([True, False, True, True]), torch.rand(12, generator=g) < 0.5, None]
 
     def f(*t):
-        outs, cons = coupled_decodes(list(t[:3]), list(t[3:6]), list(t[6:]), parents, entries, swap, 1.0,
-                                     torch.float64)
+        acts = [a * s for a, s in zip(t[:3], supports)]
+        entries = [support_entries(s, a) for s, a in zip(supports, acts)]
+        outs, cons = coupled_decodes(acts, list(t[3:6]), list(t[6:]), parents, entries, swap, 1.0, torch.float64)
         assert len(cons) == 2
         return (*outs, *cons)
 
@@ -143,3 +154,20 @@ def test_flat_nonzero_is_nonzero(shape):
         assert torch.equal(flat_nonzero(m), m.reshape(-1).nonzero().squeeze(1))
         view = m.reshape(-1)[1:]  # storage offset 1: the plain scan
         assert torch.equal(flat_nonzero(view), view.nonzero().squeeze(1))
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (7, 9), (3, 1000), (1, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_support_entries_are_the_mask_entries_and_their_values(shape, dtype, form):
+    """Both forms find the entries flat_nonzero finds; the compiled scan also reads the activations
+    there (the torch form leaves that to the couplings), aligned to 8 bytes or not."""
+    g = torch.Generator().manual_seed(1)
+    for p in (0.0, 0.01, 0.5, 1.0):
+        m = torch.rand(shape, generator=g) < p
+        a = torch.randn(shape, generator=g, dtype=dtype) * m
+        flat, vals = support_entries(m, a)
+        assert torch.equal(flat, m.reshape(-1).nonzero().squeeze(1))
+        if form == "kernel" and m.numel() % 8 == 0:
+            assert torch.equal(vals, a.reshape(-1)[flat])
+        else:
+            assert vals is None

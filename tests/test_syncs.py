@@ -8,7 +8,8 @@ plus the data-dependent shapes of the sparse algorithm: per child level, its sup
 their children and the (input, parent) groups with siblings; with co-activation statistics, the
 number of co-firing pairs
 and the two activity lists they are enumerated from. Adam's own reads are left out: on CUDA the trainer uses its fused
-kernel, which reads nothing.
+kernel, which reads nothing. Both forms of the couplings are counted: the torch form that CUDA
+runs, and the CPU's compiled loops (model/kernel.py).
 """
 
 import collections
@@ -20,6 +21,7 @@ import torch
 from hsae.cli import main
 from hsae.config import TrainConfig
 from hsae.data import Store
+from hsae.model import kernel
 from hsae.train.dist import Dist
 from hsae.train.trainer import Trainer
 
@@ -56,8 +58,10 @@ def _counting(monkeypatch):
     return counts
 
 
+@pytest.mark.parametrize("form", ["torch", "kernel"])
 @pytest.mark.parametrize("similarity", ["encoder", "coactivation"])
-def test_an_ordinary_step_reads_the_device_once(store, tmp_path, monkeypatch, similarity):
+def test_an_ordinary_step_reads_the_device_once(store, tmp_path, monkeypatch, similarity, form):
+    monkeypatch.setattr(kernel, "ENABLED", form == "kernel")
     cfg = TrainConfig(levels=[4, 12, 24], l0=[2.0], steps=1000, batch_size=256, update_every=50, first_update=0.0, dead_steps=100,
                       similarity=similarity, d=16, acts=str(store))
     t = Trainer(cfg, Store(store), tmp_path / "r", Dist("cpu"))

@@ -15,6 +15,9 @@ products), the last one's diagonal is sum_c a_c^2, and its off-diagonal part is 
 The backward is hand-written and adds into gradient buffers it is given, in place
 (model/couple.py gives it each level's one dense gradient): a separate autograd node would
 hand the engine one more full-size tensor to sum per input, an allocation and a pass each.
+
+That torch form is what a GPU runs. On a CPU, the per-entry work (everything but the first term
+and the cosines) runs as model/kernel.py's compiled loops, one pass forward and one backward.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from . import kernel
 
 # Entries per chunk times d stays under this many floats (4 MB in fp32): temporaries this
 # small are recycled by the allocator, larger ones cost page faults on every step.
@@ -165,14 +170,29 @@ class ConstraintPlan:
     has_child: torch.Tensor  # [n_p] 1.0 where the parent has a child
 
 
-def constraint_plan(entries_c, n_c: int, parent, n_p: int, dtype) -> ConstraintPlan:
-    """The index sets of the constraint from the child level's support entries (`flat_nonzero` of
-    its [B, n_c] mask of where a is active or its threshold gradient is nonzero, a superset of
+@dataclass
+class KernelPlan:
+    """One level pair's constraint for one batch, for model/kernel.py's loops (a CPU, numba)."""
+
+    parent: torch.Tensor  # [n_c] int64, -1 = none
+    child: tuple  # (flat indices, activations) of the child level's support entries (`support_entries`)
+    par_entries: tuple  # and of the parent level's
+    has_child: torch.Tensor  # [n_p] 1.0 where the parent has a child
+
+
+def constraint_plan(entries_c, n_c: int, parent, n_p: int, dtype, entries_p=None) -> ConstraintPlan | KernelPlan:
+    """The index sets of the constraint from the child level's support entries (`support_entries`
+    of its [B, n_c] mask of where a is active or its threshold gradient is nonzero, a superset of
     a != 0), parent [n_c] int64 (-1 = none). Features outside the forest are masked, not
-    filtered: a filter would be one more data-dependent shape (a host read on a GPU) per level pair."""
+    filtered: a filter would be one more data-dependent shape (a host read on a GPU) per level pair.
+    entries_p: the parent level's support entries where model/kernel.py's loops are to run (the
+    activations' gradients are then exact on the supports only: the JumpReLU discards the rest)."""
     has_parent = parent >= 0
     par = parent.clamp_min(0)
     has_child = torch.zeros(n_p, dtype=dtype, device=parent.device).index_add_(0, par, has_parent.to(dtype)).clamp_max_(1)
+    if entries_p is not None:
+        return KernelPlan(parent.contiguous(), entries_c, entries_p, has_child)
+    entries_c = entries_c[0]
     rows, cols = _divmod(entries_c, n_c)
     keep = has_parent.take(cols)
     pc = par.take(cols)
@@ -183,8 +203,14 @@ def constraint_plan(entries_c, n_c: int, parent, n_p: int, dtype) -> ConstraintP
     return ConstraintPlan(par, entries_c, keep.to(dtype), pflat, cols, sib, group, has_child)
 
 
-def constraint_sum(c: ConstraintPlan, a_p, a_c, W_p, W_c):
+def constraint_sum(c: ConstraintPlan | KernelPlan, a_p, a_c, W_p, W_c):
     """(t1 - 2 t2 + t3 of the module docstring summed over the batch, what its backward needs)."""
+    if isinstance(c, KernelPlan):
+        s, ap, v = _cosines(W_p, W_c, c.parent.clamp_min(0)), torch.empty_like(c.child[1]), kernel.view
+        (fc, vc), (fp, vp) = c.child, c.par_entries
+        t1, t2, t3 = kernel.constraint_forward(v(fc), v(vc), a_c.shape[1], v(fp), v(vp), a_p.shape[1], v(c.parent),
+                                               v(c.has_child), v(s), v(W_c), v(ap))
+        return a_p.new_tensor(t1 - 2 * t2 + t3), (s, ap)
     # flat gathers as `take`: ~5x a 1-D index_select on a CPU
     vals = a_c.take(c.flat) * c.keep  # an orphan's value counts for nothing
     ap = a_p.take(c.pflat)
@@ -197,8 +223,17 @@ def constraint_sum(c: ConstraintPlan, a_p, a_c, W_p, W_c):
     return total, (vals, ap, se, kept)
 
 
-def constraint_backward(c: ConstraintPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, gW_p, gW_c) -> None:
+def constraint_backward(c: ConstraintPlan | KernelPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, gW_p, gW_c) -> None:
     """Add g times constraint_sum's gradient into the dense buffers ga_p, ga_c, gW_p, gW_c, in place."""
+    if isinstance(c, KernelPlan):
+        (s, ap), v = saved, kernel.view
+        (fc, vc), (fp, vp) = c.child, c.par_entries
+        ds = W_c.new_zeros(W_c.shape[0])
+        kernel.constraint_backward(v(fc), v(vc), v(ap), ga_c.shape[1], v(fp), v(vp), ga_p.shape[1], v(c.parent),
+                                   v(c.has_child), v(s), v(W_c), v((2 * g).reshape(1)), v(ga_c.view(-1)),
+                                   v(ga_p.view(-1)), v(gW_c), v(ds))
+        _cosines_backward(ds, c.parent.clamp_min(0), W_p, W_c, gW_p, gW_c)
+        return
     vals, ap, se, kept = saved
     gv = (2 * g) * (vals - ap * se)
     if c.sib.numel():
@@ -226,6 +261,17 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     words = f.view(torch.int64).nonzero().squeeze(1)
     inner = f.view(-1, 8).index_select(0, words).view(-1).nonzero().squeeze(1)
     return (words.take(inner >> 3) << 3) | (inner & 7)  # shifts: an int64 division is ~10x an add
+
+
+def support_entries(mask: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ascending flat indices of a bool [B, n] mask's True entries, a [B, n] at them where
+    model/kernel.py's loops run, else None): the couplings' view of a level's support."""
+    f = mask.reshape(-1)
+    if (kernel.on(f.device) and a.dtype in (torch.float32, torch.float64) and a.is_contiguous()
+            and f.numel() % 8 == 0 and f.storage_offset() % 8 == 0):
+        flat, vals = kernel.support_entries(f.numpy().view(np.int64), kernel.view(a.reshape(-1)))
+        return torch.from_numpy(flat), torch.from_numpy(vals)
+    return flat_nonzero(mask), None
 
 
 def _divmod(e: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

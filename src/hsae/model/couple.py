@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import kernel
 from .constraint import ConstraintPlan, constraint_backward, constraint_plan, constraint_sum
 from .swap import swap_add_, swap_backward, swap_cancel_, swap_plan
 
@@ -75,13 +76,24 @@ class _Coupled(torch.autograd.Function):
         return (None, *gA, *gW, *gb)
 
 
+def compiled(t: torch.Tensor) -> bool:
+    """Whether the couplings run as model/kernel.py's loops over support entries, for tensors like
+    t: on a CPU in fp32 or fp64 (numba has no bf16, so not under autocast). They then need every
+    level's support entries."""
+    dev = t.device
+    return kernel.on(dev) and t.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(dev.type)
+
+
 def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: torch.dtype):
     """(x~_l per level [B, d] in out_dtype, batch-mean constraint per level pair (empty if rho = 0)).
 
     acts[l] [B, n_l] activations, W[l] [n_l, d] unit-norm decoder rows, b[l] [d] decoder biases,
     parents[l] (l >= 1) [n_l] int64 parent array (-1 = none; parents[0] is unused),
-    entries[l] (l >= 1) the ascending flat indices (`flat_nonzero`) of level l's support, where a_l
-    is active or its threshold gradient is nonzero (only the constraint uses them: None where rho = 0),
+    entries[l] (`support_entries`) the ascending flat indices of level l's support, where a_l is
+    active or its threshold gradient is nonzero, with a_l there where model/kernel.py's loops run:
+    the constraint needs them for l >= 1 (None where rho = 0); the couplings need them for every
+    level where `compiled` (the activations' gradients are then exact on the supports only, all
+    the JumpReLU passes on),
     swap[l] bool [n_l] of the parents swapped this step (None: none).
     Under autocast the products run in its dtype; the constraint stays in the weights' dtype.
     """
@@ -89,11 +101,13 @@ def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: t
     dev = W[0].device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else W[0].dtype
     n = [w.shape[0] for w in W]
-    swaps = [swap_plan(parents[l + 1], swap[l], n[l]) if l < L - 1 and swap[l] is not None else None
-             for l in range(L)]
+    fast = compiled(W[0]) and all(e is not None and e[1] is not None for e in entries)
+    sup = entries if fast else [None] * L
+    swaps = [swap_plan(parents[l + 1], swap[l], n[l], sup[l], sup[l + 1]) if l < L - 1 and swap[l] is not None
+             else None for l in range(L)]
     cons: list[ConstraintPlan] = []
     if rho > 0:
-        cons = [constraint_plan(entries[l + 1], n[l + 1], parents[l + 1], n[l], W[l].dtype)
+        cons = [constraint_plan(entries[l + 1], n[l + 1], parents[l + 1], n[l], W[l].dtype, sup[l])
                 for l in range(L - 1)]
     out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype), *acts, *W, *b)
     return list(out[:L]), list(out[L:])

@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from .constraint import flat_nonzero
-from .couple import coupled_decodes
+from .constraint import support_entries
+from .couple import compiled, coupled_decodes
 from .hsae import HSAE
 from .jumprelu import jumprelu_l0
 
@@ -95,15 +95,16 @@ def hsae_loss(
     L = len(model.levels)
     swap = swap or [None] * L
     dead = dead or [None] * L
-    # the constraint touches only the child levels' support entries, found while the mask is still in the cache
-    sparse = rho > 0
+    # The couplings touch only support entries, found while the mask is still in the cache: the
+    # constraint's torch form the child levels', model/kernel.py's loops every level's.
+    fast = (rho > 0 or any(s is not None for s in swap)) and compiled(x)
     hs, acts, l0s_t, entries = [], [], [], []
     for l, lv in enumerate(model.levels):
         h, a, l0, support = encode(lv, x, bandwidth)
         hs.append(h)
         acts.append(a)
         l0s_t.append(l0)
-        entries.append(flat_nonzero(support) if sparse and l > 0 else None)  # level 0 is only a parent
+        entries.append(support_entries(support, a) if (rho > 0 and l > 0) or fast else None)
 
     levels = model.levels
     parents = [None] + [model.parent(l) for l in range(1, L)]

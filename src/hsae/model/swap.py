@@ -10,7 +10,9 @@ the backward, the swapped parents' own gradient is zeroed in their columns (thei
 cancel), and the swapped columns get their products (model/couple.py adds them into the dense
 gradients in place). Per support entry, one scaled decoder row each, was measured slower at
 the demo's density (bench/RESULTS.md); it wins only below ~1% density, where the step is
-dominated by its products anyway.
+dominated by its products anyway. That was in torch; on a CPU, model/kernel.py's compiled loops
+add one scaled decoder row per active entry of a swapped column (`EntrySwap`), with no
+temporaries, which is faster there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from . import kernel
 
 
 @dataclass
@@ -28,12 +32,30 @@ class SwapPlan:
     S: torch.Tensor  # the swapped parents that have children, ascending
 
 
-def swap_plan(parent, swap, n_p: int) -> SwapPlan | None:
+@dataclass
+class EntrySwap:
+    """One level pair's swap for one step as model/kernel.py's loops run it (a CPU, numba): over the
+    support entries of the swapped columns, so no [B, n] pass and no product over zeros."""
+
+    child: torch.Tensor  # [n_c] bool: the children of a swapped parent
+    parent: torch.Tensor  # [n_p] bool: the swapped parents that have children
+    sup_c: tuple  # (flat indices, activations) of the child level's support entries (`support_entries`)
+    sup_p: tuple  # and of the parent level's
+
+
+def swap_plan(parent, swap, n_p: int, sup_p=None, sup_c=None) -> SwapPlan | EntrySwap | None:
     """The columns the swap touches (None: no swapped parent has a child).
 
     parent [n_c]: level l+1's parent array (-1 = none); swap [n_p] bool: the parents swapped this step.
+    sup_p, sup_c: both levels' support entries with their activations where model/kernel.py's loops
+    are to run (the activations' gradients are then exact on the supports only: the JumpReLU
+    discards the rest).
     """
     hit = (parent >= 0) & swap[parent.clamp_min(0)]  # children of a swapped parent
+    if sup_c is not None:
+        has = torch.zeros(n_p, dtype=torch.int32, device=parent.device).index_add_(
+            0, parent.clamp_min(0), hit.to(torch.int32))
+        return EntrySwap(hit, has > 0, sup_c, sup_p)
     C = hit.nonzero().squeeze(1)
     if C.numel() == 0:
         return None
@@ -41,22 +63,38 @@ def swap_plan(parent, swap, n_p: int) -> SwapPlan | None:
     return SwapPlan(C, S.nonzero().squeeze(1))
 
 
-def swap_add_(s: SwapPlan, y, a_p, a_c, W_p, W_c):
+def swap_add_(s: SwapPlan | EntrySwap, y, a_p, a_c, W_p, W_c):
     """y += a_c[:, C] W_c[C] - a_p[:, S] W_p[S] in place; returns what the backward needs."""
+    if isinstance(s, EntrySwap):
+        v = kernel.view
+        (fc, vc), (fp, vp) = s.sup_c, s.sup_p
+        kernel.swap_forward(v(fc), v(vc), a_c.shape[1], v(s.child), v(W_c), v(y), 1.0)
+        kernel.swap_forward(v(fp), v(vp), a_p.shape[1], v(s.parent), v(W_p), v(y), -1.0)
+        return a_p.shape[1], a_c.shape[1], W_p, W_c
     Ac, Ap = a_c.index_select(1, s.C), a_p.index_select(1, s.S)
     Wc, Wp = W_c.index_select(0, s.C), W_p.index_select(0, s.S)
     y.addmm_(Ac, Wc).addmm_(Ap, Wp, alpha=-1)
     return Ac, Ap, Wc
 
 
-def swap_cancel_(s: SwapPlan, ga_p) -> None:
+def swap_cancel_(s: SwapPlan | EntrySwap, ga_p) -> None:
     """Zero the swapped parents' gradient from their level's own decode, which the swap cancels
     exactly; call it on the dense gradient before anything else is added into it."""
+    if isinstance(s, EntrySwap):
+        kernel.swap_cancel(kernel.view(s.sup_p[0]), ga_p.shape[1], kernel.view(s.parent), kernel.view(ga_p.view(-1)))
+        return
     ga_p.index_fill_(1, s.S, 0)
 
 
-def swap_backward(s: SwapPlan, saved, g, ga_c, gW_p, gW_c) -> None:
+def swap_backward(s: SwapPlan | EntrySwap, saved, g, ga_c, gW_p, gW_c) -> None:
     """Add the rest of <g, the swap>'s gradient into the dense buffers, in place (products in g's dtype)."""
+    if isinstance(s, EntrySwap):
+        n_p, n_c, W_p, W_c = saved
+        v = kernel.view
+        (fc, vc), (fp, vp), g = s.sup_c, s.sup_p, v(g.contiguous())
+        kernel.swap_backward(v(fc), v(vc), n_c, v(s.child), v(W_c), g, v(ga_c.view(-1)), v(gW_c), 1.0, True)
+        kernel.swap_backward(v(fp), v(vp), n_p, v(s.parent), v(W_p), g, v(ga_c.view(-1)), v(gW_p), -1.0, False)
+        return
     Ac, Ap, Wc = saved
     ga_c.index_add_(1, s.C, (g @ Wc.t()).to(ga_c.dtype))
     gW_c.index_add_(0, s.C, (Ac.t() @ g).to(gW_c.dtype))

@@ -7,6 +7,7 @@ LOCAL_RANK set; each joins one process group (nccl on GPUs, gloo on CPU). A plai
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 
@@ -77,5 +78,9 @@ class Dist:
     def close(self) -> None:
         """Leave the process group this object joined."""
         if self._own_group:
+            # Objects in reference cycles still hold what they held: numba's compiler leaves
+            # frames in cycles, and a frame keeps its callers' frames, the trainer's and DDP's
+            # among them; a DDP module alive at destroy_process_group leaves gloo's threads running.
+            gc.collect()
             tdist.destroy_process_group()
             self._own_group = False

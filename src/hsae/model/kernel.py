@@ -1,0 +1,308 @@
+"""The couplings' per-entry work on a CPU as compiled loops (numba), one pass each.
+
+In torch, the constraint (model/constraint.py) is ~150 small ops per level pair (index plans, a
+sort for the sibling groups, CSR products), and the swap (model/swap.py) products over whole
+columns of which ~99% are zeros. Here:
+- `support_entries` finds a level's support entries and reads their activations right after
+  its encoder wrote them, while they are still in the cache;
+- the constraint's loops walk a level pair's entries input by input, chain each input's entries
+  by parent in a scratch table (a sibling group is a short chain: no sort), and do the forward's
+  arithmetic, then the backward's, adding into the dense gradient buffers in place; the dense
+  parts (the parent's own term, the cosines and their gradient) stay in torch;
+- the swap adds one scaled decoder row per active entry of a swapped column.
+They read few values from memory that is not in the cache, which is their cost in a training
+step (bench/RESULTS.md).
+
+The loops run on the calling thread: numba's thread pool beside torch's OpenMP team won little
+(the loops wait on memory), and more threads than cores make libgomp stop spinning between its
+parallel regions (bench/RESULTS.md, the prefetch threads).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba comes with umap-learn; without it the torch form runs
+    numba = None
+
+
+# Tests switch this off to check the torch form, which CUDA runs, against the same references.
+ENABLED = True
+
+
+def on(device: torch.device) -> bool:
+    """Whether the compiled loops run for tensors on this device (a CPU, numba imports, ENABLED)."""
+    return ENABLED and numba is not None and device.type == "cpu"
+
+
+def view(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a contiguous CPU tensor: the loops write through it into the tensor."""
+    assert t.is_contiguous()
+    return t.detach().numpy()
+
+
+def _njit(fn):
+    # fastmath: lets the d-long dot products and row updates vectorise (reassociated sums)
+    # no cache=True: numba's on-disk cache is pickled, and nothing we read from disk may run code;
+    # compiling the loops takes a few seconds once per process
+    return numba.njit(nogil=True, fastmath=True)(fn) if numba is not None else fn
+
+
+@_njit
+def _row_end(flat, e0, n):
+    """(input of entry e0, end of its run of entries): flat is ascending, so an input's entries are contiguous."""
+    r = flat[e0] // n
+    end = (r + 1) * n
+    e1 = e0 + 1
+    while e1 < flat.size and flat[e1] < end:
+        e1 += 1
+    return r, e1
+
+
+@_njit
+def _set_bytes(x):
+    """How many of an int64 word's 8 bool bytes are set (each byte 0 or 1)."""
+    m = 0
+    for k in range(8):
+        m += (x >> (8 * k)) & 1
+    return m
+
+
+@_njit
+def support_entries(words, a):
+    """(ascending flat indices of the set bytes of a bool mask viewed as int64 words, a at them).
+
+    A support is ~99% zero, so most words are skipped whole, and one count pass sizes the output.
+    Inside a word every byte's index is written and the count moves on only past a set one: no
+    branch to mispredict.
+    """
+    m = 0
+    for w in range(words.size):
+        if words[w] != 0:
+            m += _set_bytes(words[w])
+    flat = np.empty(m + 8, np.int64)
+    vals = np.empty(m + 8, a.dtype)
+    m = 0
+    for w in range(words.size):
+        x = words[w]
+        if x != 0:
+            for k in range(8):
+                flat[m] = 8 * w + k
+                vals[m] = a[8 * w + k]
+                m += (x >> (8 * k)) & 1
+    return flat[:m], vals[:m]
+
+
+@_njit
+def _tables(par, n_p, dtype):
+    """(parent clamped to 0, parent with an orphan as the spare parent n_p, 1 where a parent is set)."""
+    pc = np.maximum(par, 0)
+    px = np.where(par >= 0, par, n_p)
+    keep = (par >= 0).astype(dtype)
+    return pc, px, keep
+
+
+@_njit
+def _group(flat, vals, k, base, nxt, keep, W, V):
+    """V = sum over the chain from entry k of v_e W[c_e]; returns sum_e v_e^2."""
+    V[:] = 0.0
+    sq = 0.0
+    while k >= 0:
+        c = flat[k] - base
+        v = vals[k] * keep[c]
+        if v != 0.0:
+            for j in range(V.size):
+                V[j] += v * W[c, j]
+            sq += v * v
+        k = nxt[k]
+    return sq
+
+
+@_njit
+def _sq(V):
+    t = 0.0
+    for j in range(V.size):
+        t += V[j] * V[j]
+    return t
+
+
+@_njit
+def _parent_row(fp, q0, n_p, r):
+    """End of the parent level's run of entries of input r that starts at q0 (it may be empty)."""
+    end = (r + 1) * n_p
+    q1 = q0
+    while q1 < fp.size and fp[q1] < end:
+        q1 += 1
+    return q1
+
+
+@_njit
+def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, s, W, ap):
+    """(t1, t2, t3) of model/constraint.py's docstring summed over the batch: sum of has_child a_p^2,
+    sum over child entries of a_p a_c s_c, and sum over (input, parent) groups of
+    ||sum_e a_e w_e||^2 (a lone child's counted as a^2: unit-norm rows). ap[e] receives each child
+    entry's parent activation, for the backward.
+
+    fc, vc / fp, vp: the child / parent level's support entries and activations there
+    (`support_entries`); par [n_c] int64 (-1: none); has_child [n_p]; s [n_c]: each child's cosine
+    to its parent; W [n_c, d]: the child level's decoder rows. An input's parent activations are
+    spread into a small table first: a lookup there is a cache hit, a lookup in the [B, n_p]
+    activations a miss, and the misses are the cost.
+    """
+    pc, px, keep = _tables(par, n_p, vc.dtype)
+    head = np.full(n_p + 1, -1, np.int64)  # n_p: the spare parent of every orphan, never a group
+    tbl = np.zeros(n_p, vc.dtype)
+    nxt = np.empty(fc.size, np.int64)
+    V = np.empty(W.shape[1], W.dtype)
+    t1 = 0.0
+    t2 = 0.0
+    t3 = 0.0
+    for q in range(fp.size):
+        t1 += has_child[fp[q] % n_p] * vp[q] * vp[q]
+    e0 = 0
+    q0 = 0
+    while e0 < fc.size:
+        r, e1 = _row_end(fc, e0, n_c)
+        while q0 < fp.size and fp[q0] < r * n_p:
+            q0 += 1
+        q1 = _parent_row(fp, q0, n_p, r)
+        for q in range(q0, q1):
+            tbl[fp[q] - r * n_p] = vp[q]
+        base = r * n_c
+        multi = 0
+        for e in range(e0, e1):
+            c = fc[e] - base
+            v = vc[e] * keep[c]
+            ap[e] = tbl[pc[c]]
+            t2 += ap[e] * v * s[c]
+            t3 += v * v
+            p = px[c]
+            nxt[e] = head[p]
+            head[p] = e
+            multi |= (nxt[e] >= 0) & (p < n_p)
+        if multi:  # groups of two or more: ||V||^2 in place of their entries' a^2
+            for e in range(e0, e1):
+                p = px[fc[e] - base]
+                if p < n_p and head[p] == e and nxt[e] >= 0:  # the group's last entry
+                    sq = _group(fc, vc, e, base, nxt, keep, W, V)
+                    t3 += _sq(V) - sq
+        for e in range(e0, e1):
+            head[px[fc[e] - base]] = -1
+        for q in range(q0, q1):
+            tbl[fp[q] - r * n_p] = 0.0
+        e0 = e1
+        q0 = q1
+    return t1, t2, t3
+
+
+@_njit
+def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W, g2a, ga_c, ga_p, gW, ds):
+    """Add g2a[0] / 2 times the gradient of t1 - 2 t2 + t3 (see `constraint_forward`, whose ap it
+    takes) into the flat ga_c and ga_p at the support entries (elsewhere the JumpReLU discards it),
+    gW [n_c, d], and ds [n_c] (the cosines' gradient), in place. g2a: a 1-element array (a
+    tensor's view: no host read of the loss's gradient). An input's parent gradients are summed in
+    a small table and added to ga_p once per parent entry."""
+    g2 = g2a[0]
+    pc, px, keep = _tables(par, n_p, vc.dtype)
+    head = np.full(n_p + 1, -1, np.int64)
+    tbl = np.zeros(n_p, ga_p.dtype)
+    nxt = np.empty(fc.size, np.int64)
+    V = np.empty(W.shape[1], W.dtype)
+    e0 = 0
+    q0 = 0
+    while q0 < fp.size or e0 < fc.size:
+        # the next input with a child or a parent entry
+        r = fc[e0] // n_c if e0 < fc.size else fp[q0] // n_p
+        if q0 < fp.size:
+            r = min(r, fp[q0] // n_p)
+        e1 = e0
+        while e1 < fc.size and fc[e1] < (r + 1) * n_c:
+            e1 += 1
+        q1 = _parent_row(fp, q0, n_p, r)
+        base = r * n_c
+        multi = 0
+        for e in range(e0, e1):  # every entry as if alone in its group: d/da = 2 a - 2 a_p s
+            c = fc[e] - base
+            v = vc[e] * keep[c]
+            ga_c[fc[e]] += g2 * keep[c] * (v - ap[e] * s[c])
+            tbl[pc[c]] -= g2 * v * s[c]
+            ds[c] -= g2 * ap[e] * v
+            p = px[c]
+            nxt[e] = head[p]
+            head[p] = e
+            multi |= (nxt[e] >= 0) & (p < n_p)
+        if multi:
+            for e in range(e0, e1):
+                p = px[fc[e] - base]
+                if p < n_p and head[p] == e and nxt[e] >= 0:
+                    _group_backward(fc, vc, e, base, nxt, keep, W, V, g2, ga_c, gW)
+        for q in range(q0, q1):  # t1's gradient, 2 has_child a_p, and the table's sums
+            col = fp[q] - r * n_p
+            ga_p[fp[q]] += tbl[col] + g2 * has_child[col] * vp[q]
+        for e in range(e0, e1):
+            head[px[fc[e] - base]] = -1
+            tbl[pc[fc[e] - base]] = 0.0
+        e0 = e1
+        q0 = q1
+
+
+@_njit
+def _group_backward(flat, vals, h, base, nxt, keep, W, V, g2, ga_c, gW):
+    """A group's part beyond its entries' own: d/da_k = 2 (w_k . V - a_k), d/dw_k = 2 a_k V."""
+    _group(flat, vals, h, base, nxt, keep, W, V)
+    k = h
+    while k >= 0:
+        ck = flat[k] - base
+        vk = vals[k] * keep[ck]
+        u = 0.0
+        for j in range(V.size):
+            u += W[ck, j] * V[j]
+        ga_c[flat[k]] += g2 * (u - vk)
+        if vk != 0.0:
+            for j in range(V.size):
+                gW[ck, j] += g2 * vk * V[j]
+        k = nxt[k]
+
+
+@_njit
+def swap_forward(flat, vals, n, on, W, y, sign):
+    """y[b] += sign * a[b, c] W[c] for every support entry (b, c) whose column c is on."""
+    for e in range(flat.size):
+        b = flat[e] // n
+        c = flat[e] - b * n
+        v = sign * vals[e]
+        if on[c] and v != 0.0:
+            for j in range(W.shape[1]):
+                y[b, j] += v * W[c, j]
+
+
+@_njit
+def swap_backward(flat, vals, n, on, W, g, ga, gW, sign, with_ga):
+    """The gradient of swap_forward for the loss's gradient g [B, d] of y, added in place: gW at the
+    columns that are on, and with_ga, the flat ga at the support entries only (elsewhere the JumpReLU
+    discards it)."""
+    for e in range(flat.size):
+        b = flat[e] // n
+        c = flat[e] - b * n
+        if on[c]:
+            if with_ga:
+                u = 0.0
+                for j in range(W.shape[1]):
+                    u += g[b, j] * W[c, j]
+                ga[flat[e]] += sign * u
+            v = sign * vals[e]
+            if v != 0.0:
+                for j in range(W.shape[1]):
+                    gW[c, j] += v * g[b, j]
+
+
+@_njit
+def swap_cancel(flat, n, on, ga):
+    """Zero the flat ga at the support entries whose column is on (a swapped parent's own decode,
+    which the swap cancels)."""
+    for e in range(flat.size):
+        if on[flat[e] % n]:
+            ga[flat[e]] = 0.0
