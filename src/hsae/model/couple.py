@@ -67,7 +67,7 @@ class _Coupled(torch.autograd.Function):
         gb = [grads[l].sum(0) for l in range(L)]
         swapped = [l for l in range(L - 1) if spec.swaps[l] is not None]
         for l in swapped:  # first, on the dense gradients alone: a child may be a swapped parent too
-            swap_cancel_(spec.swaps[l], gA[l])
+            swap_cancel_(spec.swaps[l], ctx.swap_saved[l], gA[l])
         for l in swapped:
             swap_backward(spec.swaps[l], ctx.swap_saved[l], g[l], gA[l + 1], gW[l], gW[l + 1])
         for l, c in enumerate(spec.cons):

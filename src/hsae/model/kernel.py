@@ -269,40 +269,45 @@ def _group_backward(flat, vals, h, base, nxt, keep, W, V, g2, ga_c, gW):
 
 @_njit
 def swap_forward(flat, vals, n, on, W, y, sign):
-    """y[b] += sign * a[b, c] W[c] for every support entry (b, c) whose column c is on."""
-    for e in range(flat.size):
-        b = flat[e] // n
-        c = flat[e] - b * n
-        v = sign * vals[e]
-        if on[c] and v != 0.0:
-            for j in range(W.shape[1]):
-                y[b, j] += v * W[c, j]
-
-
-@_njit
-def swap_backward(flat, vals, n, on, W, g, ga, gW, sign, with_ga):
-    """The gradient of swap_forward for the loss's gradient g [B, d] of y, added in place: gW at the
-    columns that are on, and with_ga, the flat ga at the support entries only (elsewhere the JumpReLU
-    discards it)."""
+    """y[b] += sign * a[b, c] W[c] for every support entry (b, c) whose column c is on; returns those
+    entries' positions in flat (the backward's, which so skips the rest)."""
+    hit = np.empty(flat.size, np.int64)
+    m = 0
     for e in range(flat.size):
         b = flat[e] // n
         c = flat[e] - b * n
         if on[c]:
-            if with_ga:
-                u = 0.0
-                for j in range(W.shape[1]):
-                    u += g[b, j] * W[c, j]
-                ga[flat[e]] += sign * u
+            hit[m] = e
+            m += 1
             v = sign * vals[e]
             if v != 0.0:
                 for j in range(W.shape[1]):
-                    gW[c, j] += v * g[b, j]
+                    y[b, j] += v * W[c, j]
+    return hit[:m]
 
 
 @_njit
-def swap_cancel(flat, n, on, ga):
-    """Zero the flat ga at the support entries whose column is on (a swapped parent's own decode,
+def swap_backward(hit, flat, vals, n, W, g, ga, gW, sign, with_ga):
+    """The gradient of swap_forward (hit: what it returned) for the loss's gradient g [B, d] of y,
+    added in place: gW at the columns that are on, and with_ga, the flat ga at the support entries
+    only (elsewhere the JumpReLU discards it)."""
+    for e in hit:
+        b = flat[e] // n
+        c = flat[e] - b * n
+        if with_ga:
+            u = 0.0
+            for j in range(W.shape[1]):
+                u += g[b, j] * W[c, j]
+            ga[flat[e]] += sign * u
+        v = sign * vals[e]
+        if v != 0.0:
+            for j in range(W.shape[1]):
+                gW[c, j] += v * g[b, j]
+
+
+@_njit
+def swap_cancel(hit, flat, ga):
+    """Zero the flat ga at the support entries swap_forward hit (a swapped parent's own decode,
     which the swap cancels)."""
-    for e in range(flat.size):
-        if on[flat[e] % n]:
-            ga[flat[e]] = 0.0
+    for e in hit:
+        ga[flat[e]] = 0.0

@@ -68,20 +68,20 @@ def swap_add_(s: SwapPlan | EntrySwap, y, a_p, a_c, W_p, W_c):
     if isinstance(s, EntrySwap):
         v = kernel.view
         (fc, vc), (fp, vp) = s.sup_c, s.sup_p
-        kernel.swap_forward(v(fc), v(vc), a_c.shape[1], v(s.child), v(W_c), v(y), 1.0)
-        kernel.swap_forward(v(fp), v(vp), a_p.shape[1], v(s.parent), v(W_p), v(y), -1.0)
-        return a_p.shape[1], a_c.shape[1], W_p, W_c
+        hit_c = kernel.swap_forward(v(fc), v(vc), a_c.shape[1], v(s.child), v(W_c), v(y), 1.0)
+        hit_p = kernel.swap_forward(v(fp), v(vp), a_p.shape[1], v(s.parent), v(W_p), v(y), -1.0)
+        return a_p.shape[1], a_c.shape[1], W_p, W_c, hit_p, hit_c
     Ac, Ap = a_c.index_select(1, s.C), a_p.index_select(1, s.S)
     Wc, Wp = W_c.index_select(0, s.C), W_p.index_select(0, s.S)
     y.addmm_(Ac, Wc).addmm_(Ap, Wp, alpha=-1)
     return Ac, Ap, Wc
 
 
-def swap_cancel_(s: SwapPlan | EntrySwap, ga_p) -> None:
+def swap_cancel_(s: SwapPlan | EntrySwap, saved, ga_p) -> None:
     """Zero the swapped parents' gradient from their level's own decode, which the swap cancels
     exactly; call it on the dense gradient before anything else is added into it."""
     if isinstance(s, EntrySwap):
-        kernel.swap_cancel(kernel.view(s.sup_p[0]), ga_p.shape[1], kernel.view(s.parent), kernel.view(ga_p.view(-1)))
+        kernel.swap_cancel(saved[4], kernel.view(s.sup_p[0]), kernel.view(ga_p.view(-1)))
         return
     ga_p.index_fill_(1, s.S, 0)
 
@@ -89,11 +89,11 @@ def swap_cancel_(s: SwapPlan | EntrySwap, ga_p) -> None:
 def swap_backward(s: SwapPlan | EntrySwap, saved, g, ga_c, gW_p, gW_c) -> None:
     """Add the rest of <g, the swap>'s gradient into the dense buffers, in place (products in g's dtype)."""
     if isinstance(s, EntrySwap):
-        n_p, n_c, W_p, W_c = saved
+        n_p, n_c, W_p, W_c, hit_p, hit_c = saved
         v = kernel.view
         (fc, vc), (fp, vp), g = s.sup_c, s.sup_p, v(g.contiguous())
-        kernel.swap_backward(v(fc), v(vc), n_c, v(s.child), v(W_c), g, v(ga_c.view(-1)), v(gW_c), 1.0, True)
-        kernel.swap_backward(v(fp), v(vp), n_p, v(s.parent), v(W_p), g, v(ga_c.view(-1)), v(gW_p), -1.0, False)
+        kernel.swap_backward(hit_c, v(fc), v(vc), n_c, v(W_c), g, v(ga_c.view(-1)), v(gW_c), 1.0, True)
+        kernel.swap_backward(hit_p, v(fp), v(vp), n_p, v(W_p), g, v(ga_c.view(-1)), v(gW_p), -1.0, False)
         return
     Ac, Ap, Wc = saved
     ga_c.index_add_(1, s.C, (g @ Wc.t()).to(ga_c.dtype))
