@@ -16,8 +16,8 @@ The backward is hand-written and adds into gradient buffers it is given, in plac
 (model/couple.py gives it each level's one dense gradient): a separate autograd node would
 hand the engine one more full-size tensor to sum per input, an allocation and a pass each.
 
-That torch form is what a GPU runs. On a CPU, the per-entry work (everything but the first term
-and the cosines) runs as model/kernel.py's compiled loops, one pass forward and one backward.
+That torch form is what a GPU runs. On a CPU, everything but the cosines runs as model/kernel.py's
+compiled loops over both levels' support entries, one pass forward and one backward.
 """
 
 from __future__ import annotations

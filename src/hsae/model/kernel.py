@@ -3,21 +3,21 @@
 In torch, the constraint (model/constraint.py) is ~150 small ops per level pair (index plans, a
 sort for the sibling groups, CSR products), and the swap (model/swap.py) products over whole
 columns of which ~99% are zeros. Here:
-- `support_entries` finds a level's support entries and reads their activations right after
-  its encoder wrote them, while they are still in the cache;
+- `support_entries` finds a level's support entries and reads its activations there, one scan;
 - the constraint's loops walk a level pair's entries input by input, chain each input's entries
   by parent in a scratch table (a sibling group is a short chain: no sort), and do the forward's
-  arithmetic, then the backward's, adding into the dense gradient buffers in place; the dense
-  parts (the parent's own term, the cosines and their gradient) stay in torch;
+  arithmetic, then the backward's, adding into the dense gradient buffers in place; only the
+  cosines (dense [n, d] work) stay in torch;
 - the swap adds one scaled decoder row per active entry of a swapped column.
-They read few values from memory that is not in the cache, which is their cost in a training
-step (bench/RESULTS.md).
+What they cost in a training step is the cache lines of the [B, n] tensors they touch, about one
+per support entry, which the step's products have evicted; so they touch as few as they can: a
+parent's activations come from its own level's entries through a small per-input table, never
+from the [B, n_p] tensor (bench/RESULTS.md).
 
 The loops run on the calling thread: numba's thread pool beside torch's OpenMP team won little
 (the loops wait on memory), and more threads than cores make libgomp stop spinning between its
 parallel regions (bench/RESULTS.md, the prefetch threads).
 """
-
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 
 try:
     import numba
-except ImportError:  # pragma: no cover - numba comes with umap-learn; without it the torch form runs
+except ImportError:  # pragma: no cover - numba is a dependency; without it the torch form runs
     numba = None
 
 
