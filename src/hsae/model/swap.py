@@ -44,7 +44,7 @@ class EntrySwap:
 
 
 def swap_plan(parent, swap, n_p: int, sup_p=None, sup_c=None) -> SwapPlan | EntrySwap | None:
-    """The columns the swap touches (None: no swapped parent has a child).
+    """The columns the swap touches (the torch form: None when no swapped parent has a child).
 
     parent [n_c]: level l+1's parent array (-1 = none); swap [n_p] bool: the parents swapped this step.
     sup_p, sup_c: both levels' support entries with their activations where model/kernel.py's loops
