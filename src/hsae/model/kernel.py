@@ -53,17 +53,6 @@ def _njit(fn):
 
 
 @_njit
-def _row_end(flat, e0, n):
-    """(input of entry e0, end of its run of entries): flat is ascending, so an input's entries are contiguous."""
-    r = flat[e0] // n
-    end = (r + 1) * n
-    e1 = e0 + 1
-    while e1 < flat.size and flat[e1] < end:
-        e1 += 1
-    return r, e1
-
-
-@_njit
 def _set_bytes(x):
     """How many of an int64 word's 8 bool bytes are set (each byte 0 or 1)."""
     m = 0
@@ -131,13 +120,14 @@ def _sq(V):
 
 
 @_njit
-def _parent_row(fp, q0, n_p, r):
-    """End of the parent level's run of entries of input r that starts at q0 (it may be empty)."""
-    end = (r + 1) * n_p
-    q1 = q0
-    while q1 < fp.size and fp[q1] < end:
-        q1 += 1
-    return q1
+def _run_end(flat, e0, n, r):
+    """End of input r's run of entries in ascending flat [B * n] indices, from e0 (it may be empty):
+    an input's entries are contiguous."""
+    end = (r + 1) * n
+    e1 = e0
+    while e1 < flat.size and flat[e1] < end:
+        e1 += 1
+    return e1
 
 
 @_njit
@@ -166,10 +156,11 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, s, W, ap):
     e0 = 0
     q0 = 0
     while e0 < fc.size:
-        r, e1 = _row_end(fc, e0, n_c)
+        r = fc[e0] // n_c
+        e1 = _run_end(fc, e0, n_c, r)
         while q0 < fp.size and fp[q0] < r * n_p:
             q0 += 1
-        q1 = _parent_row(fp, q0, n_p, r)
+        q1 = _run_end(fp, q0, n_p, r)
         for q in range(q0, q1):
             tbl[fp[q] - r * n_p] = vp[q]
         base = r * n_c
@@ -219,10 +210,8 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W, g2a,
         r = fc[e0] // n_c if e0 < fc.size else fp[q0] // n_p
         if q0 < fp.size:
             r = min(r, fp[q0] // n_p)
-        e1 = e0
-        while e1 < fc.size and fc[e1] < (r + 1) * n_c:
-            e1 += 1
-        q1 = _parent_row(fp, q0, n_p, r)
+        e1 = _run_end(fc, e0, n_c, r)
+        q1 = _run_end(fp, q0, n_p, r)
         base = r * n_c
         multi = 0
         for e in range(e0, e1):  # every entry as if alone in its group: d/da = 2 a - 2 a_p s
