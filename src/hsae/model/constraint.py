@@ -16,8 +16,8 @@ The backward is hand-written and adds into gradient buffers it is given, in plac
 (model/couple.py gives it each level's one dense gradient): a separate autograd node would
 hand the engine one more full-size tensor to sum per input, an allocation and a pass each.
 
-That torch form is what a GPU runs. On a CPU, everything but the cosines runs as model/kernel.py's
-compiled loops over both levels' support entries, one pass forward and one backward.
+That torch form is what a GPU runs. On a CPU, it all runs as model/kernel.py's compiled loops over
+both levels' support entries, one pass forward and one backward.
 """
 
 from __future__ import annotations
@@ -206,10 +206,10 @@ def constraint_plan(entries_c, n_c: int, parent, n_p: int, dtype, entries_p=None
 def constraint_sum(c: ConstraintPlan | KernelPlan, a_p, a_c, W_p, W_c):
     """(t1 - 2 t2 + t3 of the module docstring summed over the batch, what its backward needs)."""
     if isinstance(c, KernelPlan):
-        s, ap, v = _cosines(W_p, W_c, c.parent.clamp_min(0)), torch.empty_like(c.child[1]), kernel.view
+        s, ap, v = W_c.new_empty(W_c.shape[0]), torch.empty_like(c.child[1]), kernel.view
         (fc, vc), (fp, vp) = c.child, c.par_entries
         t1, t2, t3 = kernel.constraint_forward(v(fc), v(vc), a_c.shape[1], v(fp), v(vp), a_p.shape[1], v(c.parent),
-                                               v(c.has_child), v(s), v(W_c), v(ap))
+                                               v(c.has_child), v(W_p), v(W_c), v(s), v(ap))
         return a_p.new_tensor(t1 - 2 * t2 + t3), (s, ap)
     # flat gathers as `take`: ~5x a 1-D index_select on a CPU
     vals = a_c.take(c.flat) * c.keep  # an orphan's value counts for nothing
@@ -228,11 +228,9 @@ def constraint_backward(c: ConstraintPlan | KernelPlan, saved, g, a_p, W_p, W_c,
     if isinstance(c, KernelPlan):
         (s, ap), v = saved, kernel.view
         (fc, vc), (fp, vp) = c.child, c.par_entries
-        ds = W_c.new_zeros(W_c.shape[0])
         kernel.constraint_backward(v(fc), v(vc), v(ap), ga_c.shape[1], v(fp), v(vp), ga_p.shape[1], v(c.parent),
-                                   v(c.has_child), v(s), v(W_c), v((2 * g).reshape(1)), v(ga_c.view(-1)),
-                                   v(ga_p.view(-1)), v(gW_c), v(ds))
-        _cosines_backward(ds, c.parent.clamp_min(0), W_p, W_c, gW_p, gW_c)
+                                   v(c.has_child), v(s), v(W_p), v(W_c), v((2 * g).reshape(1)), v(ga_c.view(-1)),
+                                   v(ga_p.view(-1)), v(gW_p), v(gW_c))
         return
     vals, ap, se, kept = saved
     gv = (2 * g) * (vals - ap * se)

@@ -6,8 +6,8 @@ columns of which ~99% are zeros. Here:
 - `support_entries` finds a level's support entries and reads its activations there, one scan;
 - the constraint's loops walk a level pair's entries input by input, chain each input's entries
   by parent in a scratch table (a sibling group is a short chain: no sort), and do the forward's
-  arithmetic, then the backward's, adding into the dense gradient buffers in place; only the
-  cosines (dense [n, d] work) stay in torch;
+  arithmetic, then the backward's, adding into the dense gradient buffers in place, and each
+  child's cosine to its parent with its gradient, row by row (no gathered [n, d] temporary);
 - the swap adds one scaled decoder row per active entry of a swapped column.
 What they cost in a training step is the cache lines of the [B, n] tensors they touch, about one
 per support entry, which the step's products have evicted; so they touch as few as they can: a
@@ -131,18 +131,43 @@ def _run_end(flat, e0, n, r):
 
 
 @_njit
-def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, s, W, ap):
+def _cosines(W_p, W, par, s):
+    """s[c] = W_p[par[c]] . W[c] (0 for an orphan)."""
+    for c in range(W.shape[0]):
+        p = par[c]
+        t = 0.0
+        if p >= 0:
+            for j in range(W.shape[1]):
+                t += W_p[p, j] * W[c, j]
+        s[c] = t
+
+
+@_njit
+def _cosines_backward(ds, par, W_p, W, gW_p, gW):
+    """Add the gradient of sum_c ds[c] s[c] (`_cosines`) into gW_p and gW, row by row."""
+    for c in range(W.shape[0]):
+        p = par[c]
+        v = ds[c]
+        if p >= 0:
+            for j in range(W.shape[1]):
+                gW[c, j] += v * W_p[p, j]
+                gW_p[p, j] += v * W[c, j]
+
+
+@_njit
+def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap):
     """(t1, t2, t3) of model/constraint.py's docstring summed over the batch: sum of has_child a_p^2,
     sum over child entries of a_p a_c s_c, and sum over (input, parent) groups of
     ||sum_e a_e w_e||^2 (a lone child's counted as a^2: unit-norm rows). ap[e] receives each child
     entry's parent activation, for the backward.
 
     fc, vc / fp, vp: the child / parent level's support entries and activations there
-    (`support_entries`); par [n_c] int64 (-1: none); has_child [n_p]; s [n_c]: each child's cosine
-    to its parent; W [n_c, d]: the child level's decoder rows. An input's parent activations are
+    (`support_entries`); par [n_c] int64 (-1: none); has_child [n_p]; W_p [n_p, d], W [n_c, d]: the
+    levels' decoder rows; s [n_c] receives each child's cosine to its parent. An input's parent activations are
     spread into a small table first: a lookup there is a cache hit, a lookup in the [B, n_p]
     activations a miss, and the misses are the cost.
     """
+    _cosines(W_p, W, par, s)
     pc, px, keep = _tables(par, n_p, vc.dtype)
     head = np.full(n_p + 1, -1, np.int64)  # n_p: the spare parent of every orphan, never a group
     tbl = np.zeros(n_p, vc.dtype)
@@ -191,10 +216,10 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, s, W, ap):
 
 
 @_njit
-def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W, g2a, ga_c, ga_p, gW, ds):
-    """Add g2a[0] / 2 times the gradient of t1 - 2 t2 + t3 (see `constraint_forward`, whose ap it
-    takes) into the flat ga_c and ga_p at the support entries (elsewhere the JumpReLU discards it),
-    gW [n_c, d], and ds [n_c] (the cosines' gradient), in place. g2a: a 1-element array (a
+def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W, g2a, ga_c, ga_p, gW_p, gW):
+    """Add g2a[0] / 2 times the gradient of t1 - 2 t2 + t3 (see `constraint_forward`, whose s and ap
+    it takes) into the flat ga_c and ga_p at the support entries (elsewhere the JumpReLU discards
+    it), gW_p [n_p, d] and gW [n_c, d], in place. g2a: a 1-element array (a
     tensor's view: no host read of the loss's gradient). An input's parent gradients are summed in
     a small table and added to ga_p once per parent entry."""
     g2 = g2a[0]
@@ -203,6 +228,7 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W, g2a,
     tbl = np.zeros(n_p, ga_p.dtype)
     nxt = np.empty(fc.size, np.int64)
     V = np.empty(W.shape[1], W.dtype)
+    ds = np.zeros(n_c, W.dtype)  # the cosines' gradient
     e0 = 0
     q0 = 0
     while q0 < fp.size or e0 < fc.size:
@@ -237,6 +263,7 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W, g2a,
             tbl[pc[fc[e] - base]] = 0.0
         e0 = e1
         q0 = q1
+    _cosines_backward(ds, par, W_p, W, gW_p, gW)
 
 
 @_njit
