@@ -8,6 +8,7 @@ import hsae.model.kernel as kernel_mod
 from hsae.model import HSAE, hsae_loss
 from hsae.model.constraint import _divmod, _sort, flat_nonzero, sibling_cross, sibling_groups, support_entries
 from hsae.model.couple import coupled_decodes
+from hsae.model.jumprelu import jumprelu_l0
 from reference import dense_loss
 
 
@@ -47,9 +48,11 @@ def _grads(m, loss):
     return {k: p.grad.clone() for k, p in m.named_parameters()}
 
 
-@pytest.mark.parametrize("seed,big", [(0, False), (1, False), (2, True), (3, True)])
-def test_fast_loss_matches_dense(seed, big, form):
-    m, x, swap = _case(seed, big_family=big)
+@pytest.mark.parametrize("seed,big,sizes", [(0, False, (4, 10, 24)), (1, False, (4, 10, 24)), (2, True, (4, 10, 24)),
+                                            (3, True, (4, 10, 24)), (4, False, (8, 16, 40))])
+def test_fast_loss_matches_dense(seed, big, sizes, form):
+    """(8, 16, 40): every level's JumpReLU runs model/kernel.py's loop too (rows of whole words)."""
+    m, x, swap = _case(seed, sizes, big_family=big)
     lam, rho, bw = [0.1, 0.2, 0.3], 0.7, 0.2  # wide bandwidth: many entries in the kernel
     fast = hsae_loss(m, x, lam, rho, swap=swap, bandwidth=bw)
     dense = dense_loss(m, x, lam, rho, swap=swap, bandwidth=bw)
@@ -171,3 +174,31 @@ def test_support_entries_are_the_mask_entries_and_their_values(shape, dtype, for
             assert torch.equal(vals, a.reshape(-1)[flat])
         else:
             assert vals is None
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (5, 8), (300, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_jumprelu_is_the_torch_form_bit_for_bit(shape, dtype, monkeypatch):
+    """model/kernel.py's JumpReLU gives torch's activations, L0, support entries and gradients exactly,
+    with pre-activations exactly at the threshold and at both edges of its kernel."""
+    g = torch.Generator().manual_seed(2)
+    t = torch.rand(shape[1], generator=g, dtype=dtype) + 0.1
+    eps = 0.05
+    h = torch.randn(shape, generator=g, dtype=dtype)
+    h[0], h[1 % shape[0]], h[2 % shape[0]] = t, t - eps / 2, t + eps / 2  # the masks' edges
+    ga, gl0 = torch.randn(shape, generator=g, dtype=dtype), torch.tensor(0.7, dtype=dtype)
+    out = {}
+    for on in (True, False):
+        monkeypatch.setattr(kernel_mod, "ENABLED", on)
+        hh, tt = h.clone().requires_grad_(), t.clone().requires_grad_()
+        a, l0, support = jumprelu_l0(hh, tt, eps, entries=True)
+        torch.autograd.backward([a, l0], [ga, gl0])
+        entries = support if on else support_entries(support, a.detach())
+        out[on] = (a.detach(), l0.detach(), entries[0], hh.grad, tt.grad)
+        if on:
+            assert torch.equal(entries[1], a.detach().reshape(-1)[entries[0]])
+    for k, (x, y) in enumerate(zip(out[True], out[False])):
+        assert x.dtype == y.dtype and torch.equal(x, y), k
+    assert out[True][2].numel() > 0
+    monkeypatch.setattr(kernel_mod, "ENABLED", True)
+    assert jumprelu_l0(h, t, eps)[2] is None  # no entries asked for: none found

@@ -12,7 +12,10 @@ d step / dh is zero so that the L0 penalty moves only thresholds, never the enco
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from . import kernel
 
 
 def _near(h: torch.Tensor, t: torch.Tensor, eps: float) -> torch.Tensor:
@@ -64,11 +67,19 @@ class _JumpReLUL0(torch.autograd.Function):
     """jumprelu and the batch-mean L0 in one pass, saving two bool masks instead of h."""
 
     @staticmethod
-    def forward(ctx, h, t, eps):
+    def forward(ctx, h, t, eps, entries):
+        ctx.eps, ctx.B = eps, h.shape[0]
+        if _compiled(h):
+            a, active, near = torch.empty_like(h), torch.empty_like(h, dtype=torch.bool), torch.empty_like(h, dtype=torch.bool)
+            v = kernel.view
+            cnt, flat, vals = kernel.jumprelu_l0(v(h), v(t), v(t - eps / 2), v(t + eps / 2), v(a),
+                                                 v(active).view(np.uint8), v(near).view(np.uint8), entries)
+            ctx.save_for_backward(active, near, t)
+            support = (torch.from_numpy(flat), torch.from_numpy(vals)) if entries else None
+            return a, h.new_tensor(cnt) / ctx.B, support
         active = h > t
         near = (h > t - eps / 2) & (h < t + eps / 2)  # the rectangle kernel's support
         ctx.save_for_backward(active, near, t)
-        ctx.eps, ctx.B = eps, h.shape[0]
         support = active | near
         ctx.mark_non_differentiable(support)
         # where and count_nonzero, not products with or sums of the masks: on the CPU those first
@@ -80,11 +91,19 @@ class _JumpReLUL0(torch.autograd.Function):
         active, near, t = ctx.saved_tensors
         # both thresholds' terms share the kernel: -(1 / eps) sum over near rows of (t ga + gl0 / B)
         gt = -torch.where(near, torch.addcmul(gl0 / ctx.B, ga, t), 0.0).sum(0) / ctx.eps
-        return torch.where(active, ga, 0.0), gt, None
+        return torch.where(active, ga, 0.0), gt, None, None
 
 
-def jumprelu_l0(h: torch.Tensor, threshold: torch.Tensor, eps: float):
+def _compiled(h: torch.Tensor) -> bool:
+    """Whether model/kernel.py's loop runs the forward: on a CPU in fp32/fp64, rows of whole
+    words, and not inside torch.compile's tracing (which keeps the torch form)."""
+    return (kernel.on(h.device) and h.dtype in (torch.float32, torch.float64) and h.is_contiguous()
+            and h.dim() == 2 and h.shape[1] % 8 == 0 and not torch.compiler.is_compiling())
+
+
+def jumprelu_l0(h: torch.Tensor, threshold: torch.Tensor, eps: float, entries: bool = False):
     """(jumprelu(h), mean over the batch of step(h).sum(1), support) with the same gradients as
-    `jumprelu` and `step` used separately; support [B, n] bool marks where a is active or its
-    threshold gradient is nonzero."""
-    return _JumpReLUL0.apply(h, threshold, eps)
+    `jumprelu` and `step` used separately. The support, where a is active or its threshold
+    gradient is nonzero, comes as a bool [B, n] mask in the torch form; where model/kernel.py's
+    loop runs, as its entries (`support_entries`: flat indices, a there) if `entries`, else None."""
+    return _JumpReLUL0.apply(h, threshold, eps, entries)

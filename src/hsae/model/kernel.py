@@ -8,7 +8,9 @@ columns of which ~99% are zeros. Here:
   by parent in a scratch table (a sibling group is a short chain: no sort), and do the forward's
   arithmetic, then the backward's, adding into the dense gradient buffers in place, and each
   child's cosine to its parent with its gradient, row by row (no gathered [n, d] temporary);
-- the swap adds one scaled decoder row per active entry of a swapped column.
+- the swap adds one scaled decoder row per active entry of a swapped column;
+- the JumpReLU's forward writes its activations and both masks in one pass, and takes the
+  support entries from each row while it is in the cache (torch: seven passes and a scan).
 What they cost in a training step is the cache lines of the [B, n] tensors they touch, about one
 per support entry, which the step's products have evicted; so they touch as few as they can: a
 parent's activations come from its own level's entries through a small per-input table, never
@@ -84,6 +86,51 @@ def support_entries(words, a):
                 vals[m] = a[8 * w + k]
                 m += (x >> (8 * k)) & 1
     return flat[:m], vals[:m]
+
+
+@_njit
+def jumprelu_l0(h, t, lo, hi, a, active, near, want):
+    """(how many of h [B, n] exceed t, and where want the support's entries as `support_entries`
+    gives them); writes a = h where h > t else 0, active = h > t, near = lo < h < hi (uint8
+    [B, n] views of bool tensors; n a multiple of 8, so each row is whole words). lo, hi: t -/+
+    half the bandwidth in t's dtype, as torch rounds them, so the masks are torch's bit for bit."""
+    B, n = h.shape
+    wa = active.reshape(-1).view(np.int64)
+    wn = near.reshape(-1).view(np.int64)
+    nw = n // 8
+    flat = np.empty(B * 8 + 8 if want else 0, np.int64)
+    vals = np.empty(flat.size, h.dtype)
+    cnt = 0
+    m = 0
+    for b in range(B):
+        rs = 0
+        for j in range(n):  # vectorised: no branch
+            x = h[b, j]
+            ac = x > t[j]
+            nr = (x > lo[j]) & (x < hi[j])
+            a[b, j] = x if ac else 0.0
+            active[b, j] = ac
+            near[b, j] = nr
+            cnt += ac
+            rs += ac | nr
+        if not want:
+            continue
+        if m + rs + 8 > flat.size:  # grow by doubling: a few times per call at most
+            k = max(2 * flat.size, m + rs + 8)
+            f2 = np.empty(k, np.int64)
+            v2 = np.empty(k, h.dtype)
+            f2[:m] = flat[:m]
+            v2[:m] = vals[:m]
+            flat = f2
+            vals = v2
+        for w in range(b * nw, (b + 1) * nw):  # the row's masks, a word at a time, from the cache
+            wd = wa[w] | wn[w]
+            if wd != 0:
+                for k in range(8):
+                    flat[m] = 8 * w + k
+                    vals[m] = a[b, 8 * (w - b * nw) + k]
+                    m += (wd >> (8 * k)) & 1
+    return cnt, flat[:m], vals[:m]
 
 
 @_njit

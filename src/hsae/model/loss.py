@@ -61,13 +61,14 @@ def ghost_loss(x: torch.Tensor, x_hat: torch.Tensor, h: torch.Tensor, W_dec: tor
     return g * (stats[0] / stats[1].clamp_min(1e-12)) * dead.any()
 
 
-def encode_level(lv, x: torch.Tensor, bandwidth: float):
-    """(pre-activations, activations, batch-mean L0, support) of one level, all in the weights' dtype.
+def encode_level(lv, x: torch.Tensor, bandwidth: float, entries: bool = False):
+    """(pre-activations, activations, batch-mean L0, support) of one level, all in the weights' dtype;
+    the support as `jumprelu_l0` gives it (a mask, or where its loop runs, entries if `entries`).
 
     The dense, fixed-shape part of the loss: what `hsae train --compile` compiles.
     """
     h = lv.pre(x).to(lv.W_enc.dtype)
-    return (h, *jumprelu_l0(h, lv.threshold, bandwidth))
+    return (h, *jumprelu_l0(h, lv.threshold, bandwidth, entries))
 
 
 def hsae_loss(
@@ -100,11 +101,12 @@ def hsae_loss(
     fast = (rho > 0 or any(s is not None for s in swap)) and compiled(x)
     hs, acts, l0s_t, entries = [], [], [], []
     for l, lv in enumerate(model.levels):
-        h, a, l0, support = encode(lv, x, bandwidth)
+        need = (rho > 0 and l > 0) or fast
+        h, a, l0, support = encode(lv, x, bandwidth, need)
         hs.append(h)
         acts.append(a)
         l0s_t.append(l0)
-        entries.append(support_entries(support, a) if (rho > 0 and l > 0) or fast else None)
+        entries.append(None if not need else support if isinstance(support, tuple) else support_entries(support, a))
 
     levels = model.levels
     parents = [None] + [model.parent(l) for l in range(1, L)]
