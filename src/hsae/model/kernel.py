@@ -123,13 +123,16 @@ def jumprelu_l0(h, t, lo, hi, a, active, near, want):
             v2[:m] = vals[:m]
             flat = f2
             vals = v2
-        for w in range(b * nw, (b + 1) * nw):  # the row's masks, a word at a time, from the cache
+        end = m + rs
+        w = b * nw
+        while m < end:  # the row's masks a word at a time, from the cache, up to its last entry
             wd = wa[w] | wn[w]
             if wd != 0:
                 for k in range(8):
                     flat[m] = 8 * w + k
                     vals[m] = a[b, 8 * (w - b * nw) + k]
                     m += (wd >> (8 * k)) & 1
+            w += 1
     return cnt, flat[:m], vals[:m]
 
 
