@@ -8,6 +8,8 @@ rectangle kernel K(u) = 1[|u| < 1/2] with bandwidth eps (see `HSAEConfig.bandwid
   step(h, t)     = 1[h > t]        d/dh = 0           d/dt = -(1 / eps) K((h - t) / eps)
 
 d step / dh is zero so that the L0 penalty moves only thresholds, never the encoder.
+On a CPU, the training forward (`jumprelu_l0`) is one of model/kernel.py's loops: one pass
+instead of seven, with the support entries the couplings need taken on the way.
 """
 
 from __future__ import annotations
