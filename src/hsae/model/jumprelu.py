@@ -71,9 +71,9 @@ class _JumpReLUL0(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, t, eps, entries):
         ctx.eps, ctx.B = eps, h.shape[0]
-        if _compiled(h):
-            a, active, near = torch.empty_like(h), torch.empty_like(h, dtype=torch.bool), torch.empty_like(h, dtype=torch.bool)
-            v = kernel.view
+        if _compiled(h, t):
+            a, v = torch.empty_like(h), kernel.view
+            active, near = torch.empty_like(h, dtype=torch.bool), torch.empty_like(h, dtype=torch.bool)
             cnt, flat, vals = kernel.jumprelu_l0(v(h), v(t), v(t - eps / 2), v(t + eps / 2), v(a),
                                                  v(active).view(np.uint8), v(near).view(np.uint8), entries)
             ctx.save_for_backward(active, near, t)
@@ -96,11 +96,12 @@ class _JumpReLUL0(torch.autograd.Function):
         return torch.where(active, ga, 0.0), gt, None, None
 
 
-def _compiled(h: torch.Tensor) -> bool:
-    """Whether model/kernel.py's loop runs the forward: on a CPU in fp32/fp64, rows of whole
-    words, and not inside torch.compile's tracing (which keeps the torch form)."""
-    return (kernel.on(h.device) and h.dtype in (torch.float32, torch.float64) and h.is_contiguous()
-            and h.dim() == 2 and h.shape[1] % 8 == 0 and not torch.compiler.is_compiling())
+def _compiled(h: torch.Tensor, t: torch.Tensor) -> bool:
+    """Whether model/kernel.py's loop runs the forward: on a CPU in fp32/fp64 (thresholds in the same
+    dtype), rows of whole words, and not inside torch.compile's tracing (which keeps the torch form)."""
+    return (kernel.on(h.device) and h.dtype in (torch.float32, torch.float64) and t.dtype == h.dtype
+            and h.is_contiguous() and t.is_contiguous() and h.dim() == 2 and h.shape[1] % 8 == 0
+            and not torch.compiler.is_compiling())
 
 
 def jumprelu_l0(h: torch.Tensor, threshold: torch.Tensor, eps: float, entries: bool = False):
