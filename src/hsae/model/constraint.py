@@ -265,7 +265,7 @@ def support_entries(mask: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, 
     """(ascending flat indices of a bool [B, n] mask's True entries, a [B, n] at them where
     model/kernel.py's loops run, else None): the couplings' view of a level's support."""
     f = mask.reshape(-1)
-    if (kernel.on(f.device) and a.dtype in (torch.float32, torch.float64) and a.is_contiguous()
+    if (kernel.takes(a) and a.is_contiguous()
             and f.numel() % 8 == 0 and f.storage_offset() % 8 == 0):
         flat, vals = kernel.support_entries(f.numpy().view(np.int64), kernel.view(a.reshape(-1)))
         return torch.from_numpy(flat), torch.from_numpy(vals)

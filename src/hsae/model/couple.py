@@ -84,8 +84,7 @@ def compiled(t: torch.Tensor) -> bool:
     """Whether the couplings run as model/kernel.py's loops over support entries, for tensors like
     t: on a CPU in fp32 or fp64 (numba has no bf16, so not under autocast). They then need every
     level's support entries."""
-    dev = t.device
-    return kernel.on(dev) and t.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(dev.type)
+    return kernel.takes(t) and not torch.is_autocast_enabled(t.device.type)
 
 
 def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: torch.dtype):

@@ -40,6 +40,11 @@ def on(device: torch.device) -> bool:
     return ENABLED and numba is not None and device.type == "cpu"
 
 
+def takes(t: torch.Tensor) -> bool:
+    """Whether the loops run on t: `on` its device, in fp32 or fp64 (numba has no bf16)."""
+    return on(t.device) and t.dtype in (torch.float32, torch.float64)
+
+
 def view(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a contiguous CPU tensor: the loops write through it into the tensor."""
     assert t.is_contiguous()
@@ -64,12 +69,22 @@ def _set_bytes(x):
 
 
 @_njit
+def _emit(x, w, a, flat, vals, m):
+    """Write word w's set bytes (x: the word) as flat indices 8 w + k with a there, from position
+    m; returns the next position. Every byte's index is written and m moves on only past a set
+    one: no branch to mispredict (so flat and vals need 8 spare slots)."""
+    for k in range(8):
+        flat[m] = 8 * w + k
+        vals[m] = a[8 * w + k]
+        m += (x >> (8 * k)) & 1
+    return m
+
+
+@_njit
 def support_entries(words, a):
     """(ascending flat indices of the set bytes of a bool mask viewed as int64 words, a at them).
 
     A support is ~99% zero, so most words are skipped whole, and one count pass sizes the output.
-    Inside a word every byte's index is written and the count moves on only past a set one: no
-    branch to mispredict.
     """
     m = 0
     for w in range(words.size):
@@ -79,12 +94,8 @@ def support_entries(words, a):
     vals = np.empty(m + 8, a.dtype)
     m = 0
     for w in range(words.size):
-        x = words[w]
-        if x != 0:
-            for k in range(8):
-                flat[m] = 8 * w + k
-                vals[m] = a[8 * w + k]
-                m += (x >> (8 * k)) & 1
+        if words[w] != 0:
+            m = _emit(words[w], w, a, flat, vals, m)
     return flat[:m], vals[:m]
 
 
@@ -97,6 +108,7 @@ def jumprelu_l0(h, t, lo, hi, a, active, near, want):
     B, n = h.shape
     wa = active.reshape(-1).view(np.int64)
     wn = near.reshape(-1).view(np.int64)
+    af = a.reshape(-1)
     nw = n // 8
     # room for 1 in 8 (a support is ~1%): pages are only touched as they fill, and a grow copies
     flat = np.empty(B * n // 8 + 8 if want else 0, np.int64)
@@ -129,10 +141,7 @@ def jumprelu_l0(h, t, lo, hi, a, active, near, want):
         while m < end:  # the row's masks a word at a time, from the cache, up to its last entry
             wd = wa[w] | wn[w]
             if wd != 0:
-                for k in range(8):
-                    flat[m] = 8 * w + k
-                    vals[m] = a[b, 8 * (w - b * nw) + k]
-                    m += (wd >> (8 * k)) & 1
+                m = _emit(wd, w, af, flat, vals, m)
             w += 1
     return cnt, flat[:m], vals[:m]
 

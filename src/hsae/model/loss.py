@@ -106,7 +106,9 @@ def hsae_loss(
         hs.append(h)
         acts.append(a)
         l0s_t.append(l0)
-        entries.append(None if not need else support if isinstance(support, tuple) else support_entries(support, a))
+        if need and not isinstance(support, tuple):  # the torch form's mask
+            support = support_entries(support, a)
+        entries.append(support if need else None)
 
     levels = model.levels
     parents = [None] + [model.parent(l) for l in range(1, L)]

@@ -51,10 +51,10 @@ def swap_plan(parent, swap, n_p: int, sup_p=None, sup_c=None) -> SwapPlan | Entr
     are to run (the activations' gradients are then exact on the supports only: the JumpReLU
     discards the rest).
     """
-    hit = (parent >= 0) & swap[parent.clamp_min(0)]  # children of a swapped parent
+    par = parent.clamp_min(0)
+    hit = (parent >= 0) & swap[par]  # children of a swapped parent
     if sup_c is not None:
-        has = torch.zeros(n_p, dtype=torch.int32, device=parent.device).index_add_(
-            0, parent.clamp_min(0), hit.to(torch.int32))
+        has = torch.zeros(n_p, dtype=torch.int32, device=parent.device).index_add_(0, par, hit.to(torch.int32))
         return EntrySwap(hit, has > 0, sup_c, sup_p)
     C = hit.nonzero().squeeze(1)
     if C.numel() == 0:
