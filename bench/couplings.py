@@ -9,7 +9,8 @@ Both use bench/step.py's setup (forest assigned, thresholds at the target L0).
 Per coupling: one process, one HSAE trainer and one of independent levels; per round each variant
 runs one trainer step, in turn, so they share the machine's drift. Variants: full (constraint +
 swap), swap only (rho = 0), constraint only (no swap), neither (an HSAE trainer with no coupling),
-and full in the torch form (model/kernel.py's compiled loops off: the couplings as a GPU runs them).
+and full in the torch form (model/kernel.py's compiled loops off: the couplings as a GPU runs them,
+and the JumpReLU's forward too, which the other variants and the independent levels run compiled).
 Prints per variant the median seconds per step and its ratio to the independent levels.
 
 Per function (--ops): every aten op of the loss's forward + backward is timed by a dispatch mode
@@ -56,6 +57,7 @@ def per_coupling(trs: dict, rounds: int) -> dict:
             tr.train_step()
             if r >= 2:
                 times[k].append(time.perf_counter() - t)
+    kernel.ENABLED = True  # the last variant switched it off
     base = statistics.median(times["independent"])
     return {k: {"seconds_per_step": statistics.median(v), "over_independent": statistics.median(v) / base}
             for k, v in times.items()}
