@@ -93,6 +93,8 @@ def test_coupled_node_gradcheck_with_chunks(monkeypatch, chunked, form):
     def f(*t):
         acts = [a * s for a, s in zip(t[:3], supports)]
         entries = [support_entries(s, a) for s, a in zip(supports, acts)]
+        # the loops take the activations at the entries as jumprelu_l0 passes them on, with their gradient
+        entries = [(f, v if v is None else a.reshape(-1).take(f)) for (f, v), a in zip(entries, acts)]
         outs, cons = coupled_decodes(acts, list(t[3:6]), list(t[6:]), parents, entries, swap, 1.0, torch.float64)
         assert len(cons) == 2
         return (*outs, *cons)
@@ -178,27 +180,39 @@ def test_support_entries_are_the_mask_entries_and_their_values(shape, dtype, for
 
 @pytest.mark.parametrize("shape", [(64, 48), (5, 8), (300, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_jumprelu_is_the_torch_form_bit_for_bit(shape, dtype, monkeypatch):
-    """model/kernel.py's JumpReLU gives torch's activations, L0, support entries and gradients exactly,
-    with pre-activations exactly at the threshold and at both edges of its kernel."""
+def test_compiled_jumprelu_is_the_torch_form(shape, dtype, monkeypatch):
+    """model/kernel.py's JumpReLU gives torch's activations, L0, support entries and pre-activations'
+    gradient exactly, and the thresholds' to rounding (its sum runs in fp64), with pre-activations
+    exactly at the threshold and at both edges of its kernel, and a gradient given at the entries
+    (the couplings') added to the dense one."""
     g = torch.Generator().manual_seed(2)
     t = torch.rand(shape[1], generator=g, dtype=dtype) + 0.1
     eps = 0.05
     h = torch.randn(shape, generator=g, dtype=dtype)
     h[0], h[1 % shape[0]], h[2 % shape[0]] = t, t - eps / 2, t + eps / 2  # the masks' edges
     ga, gl0 = torch.randn(shape, generator=g, dtype=dtype), torch.tensor(0.7, dtype=dtype)
+    gcouple = torch.randn(shape, generator=g, dtype=dtype).reshape(-1)  # read at the entries only
     out = {}
     for on in (True, False):
         monkeypatch.setattr(kernel_mod, "ENABLED", on)
         hh, tt = h.clone().requires_grad_(), t.clone().requires_grad_()
         a, l0, support = jumprelu_l0(hh, tt, eps, entries=True)
-        torch.autograd.backward([a, l0], [ga, gl0])
-        entries = support if on else support_entries(support, a.detach())
-        out[on] = (a.detach(), l0.detach(), entries[0], hh.grad, tt.grad)
         if on:
-            assert torch.equal(entries[1], a.detach().reshape(-1)[entries[0]])
-    for k, (x, y) in enumerate(zip(out[True], out[False])):
+            flat, vals = support
+            assert torch.equal(vals, a.detach().reshape(-1)[flat])
+            torch.autograd.backward([a, l0, vals], [ga, gl0, gcouple[flat]])
+        else:
+            flat = support_entries(support, a.detach())[0]
+            torch.autograd.backward([a, l0], [ga.reshape(-1).index_add(0, flat, gcouple[flat]).view(shape), gl0])
+        out[on] = (a.detach(), l0.detach(), flat, hh.grad, tt.grad)
+    for k, (x, y) in enumerate(zip(out[True][:4], out[False][:4])):
         assert x.dtype == y.dtype and torch.equal(x, y), k
-    assert out[True][2].numel() > 0
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(out[True][4], out[False][4], rtol=tol, atol=tol * out[False][4].abs().max())
+    assert out[True][2].numel() > 0 and out[True][4].abs().sum() > 0
     monkeypatch.setattr(kernel_mod, "ENABLED", True)
-    assert jumprelu_l0(h, t, eps)[2] is None  # no entries asked for: none found
+    hh, tt = h.clone().requires_grad_(), t.clone().requires_grad_()
+    a, l0, support = jumprelu_l0(hh, tt, eps)
+    assert support is None  # no entries asked for: none found
+    torch.autograd.backward([a, l0], [ga, gl0])
+    assert torch.equal(hh.grad, torch.where(h > t, ga, 0.0))

@@ -224,13 +224,15 @@ def constraint_sum(c: ConstraintPlan | KernelPlan, a_p, a_c, W_p, W_c):
 
 
 def constraint_backward(c: ConstraintPlan | KernelPlan, saved, g, a_p, W_p, W_c, ga_p, ga_c, gW_p, gW_c) -> None:
-    """Add g times constraint_sum's gradient into the dense buffers ga_p, ga_c, gW_p, gW_c, in place."""
+    """Add g times constraint_sum's gradient into the buffers ga_p, ga_c, gW_p, gW_c, in place: ga_p and
+    ga_c are the levels' dense [B, n] gradients, or for a KernelPlan their gradients at the support
+    entries (one per entry)."""
     if isinstance(c, KernelPlan):
         (s, ap), v = saved, kernel.view
         (fc, vc), (fp, vp) = c.child, c.par_entries
-        kernel.constraint_backward(v(fc), v(vc), v(ap), ga_c.shape[1], v(fp), v(vp), ga_p.shape[1], v(c.parent),
-                                   v(c.has_child), v(s), v(W_p), v(W_c), v((2 * g).reshape(1)), v(ga_c.view(-1)),
-                                   v(ga_p.view(-1)), v(gW_p), v(gW_c))
+        kernel.constraint_backward(v(fc), v(vc), v(ap), W_c.shape[0], v(fp), v(vp), W_p.shape[0], v(c.parent),
+                                   v(c.has_child), v(s), v(W_p), v(W_c), v((2 * g).reshape(1)), v(ga_c),
+                                   v(ga_p), v(gW_p), v(gW_c))
         return
     vals, ap, se, kept = saved
     gv = (2 * g) * (vals - ap * se)

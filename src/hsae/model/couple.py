@@ -26,15 +26,20 @@ class _Spec:
     cons: list  # per level pair: its ConstraintPlan (empty: rho = 0, no constraint)
     dtype: torch.dtype  # of the products (bf16 under autocast)
     out_dtype: torch.dtype  # of the reconstructions (the input's)
+    entries: bool  # the couplings are model/kernel.py's loops: their activations' gradients come as entries
 
 
 class _Coupled(torch.autograd.Function):
-    """(x~_0, ..., x~_{L-1}, constraint_0, ...) from (a_l..., W_l..., b_l...); see `coupled_decodes`."""
+    """(x~_0, ..., x~_{L-1}, constraint_0, ...) from (a_l..., W_l..., b_l..., v_l...); see `coupled_decodes`.
+
+    v_l: level l's activations at its support entries where the couplings run as model/kernel.py's
+    loops (else None): the decode takes a_l, the couplings v_l, and v_l's gradient comes back as
+    entries, which the JumpReLU's backward adds into a_l's."""
 
     @staticmethod
     def forward(ctx, spec: _Spec, *t):
         L = spec.L
-        A, W, b = t[:L], t[L:2 * L], t[2 * L:]
+        A, W, b = t[:L], t[L:2 * L], t[2 * L:3 * L]
         Am, Wm = [a.to(spec.dtype) for a in A], [w.to(spec.dtype) for w in W]  # no copy in fp32
         outs, swap_saved, cons, cons_saved = [], [], [], []
         for l in range(L):
@@ -51,6 +56,7 @@ class _Coupled(torch.autograd.Function):
                 cons.append(total / B)
                 cons_saved.append(saved)
         ctx.spec, ctx.swap_saved, ctx.cons_saved = spec, swap_saved, cons_saved
+        ctx.entries = [(v.shape, v.dtype) if v is not None else None for v in t[3 * L:]]
         ctx.save_for_backward(*A, *W, *Am, *Wm)
         return (*outs, *cons)
 
@@ -63,21 +69,24 @@ class _Coupled(torch.autograd.Function):
         g = [x.to(spec.dtype) for x in grads[:L]]
         gW = [(Am[l].t() @ g[l]).to(W[l].dtype) for l in range(L)]
         gb = [grads[l].sum(0) for l in range(L)]
-        # each level's one dense gradient, from its decode, with the couplings of the pair (l - 1, l)
-        # added in place right after its product, while that is still in the cache (the weights'
-        # products come first, so the couplings can add into them): 1.4% off the demo's step
+        # each level's one dense gradient, from its decode; in the torch form the couplings of the
+        # pair (l - 1, l) add into it in place right after its product, while that is still in the
+        # cache (the weights' products come first, so the couplings can add into them). The loops
+        # add theirs into the gradients at the entries, gV.
         gA: list = []
+        gV = [torch.zeros(v[0], dtype=v[1]) if v is not None else None for v in ctx.entries]
+        ga = gV if spec.entries else gA
         for l in range(L):
             gA.append((g[l] @ Wm[l].t()).to(A[l].dtype))
             if spec.swaps[l] is not None:  # before anything is added: the swap cancels the decode's part only
                 swap_cancel_(spec.swaps[l], ctx.swap_saved[l], gA[l])
             if l > 0 and spec.swaps[l - 1] is not None:
-                swap_backward(spec.swaps[l - 1], ctx.swap_saved[l - 1], g[l - 1], gA[l], gW[l - 1], gW[l])
+                swap_backward(spec.swaps[l - 1], ctx.swap_saved[l - 1], g[l - 1], ga[l], gW[l - 1], gW[l])
             if l > 0 and spec.cons:
                 gc = grads[L + l - 1] / A[0].shape[0]
                 constraint_backward(spec.cons[l - 1], ctx.cons_saved[l - 1], gc, A[l - 1], W[l - 1], W[l],
-                                    gA[l - 1], gA[l], gW[l - 1], gW[l])
-        return (None, *gA, *gW, *gb)
+                                    ga[l - 1], ga[l], gW[l - 1], gW[l])
+        return (None, *gA, *gW, *gb, *gV)
 
 
 def compiled(t: torch.Tensor) -> bool:
@@ -93,10 +102,11 @@ def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: t
     acts[l] [B, n_l] activations, W[l] [n_l, d] unit-norm decoder rows, b[l] [d] decoder biases,
     parents[l] (l >= 1) [n_l] int64 parent array (-1 = none; parents[0] is unused),
     entries[l] (`support_entries`) the ascending flat indices of level l's support, where a_l is
-    active or its threshold gradient is nonzero, with a_l there where model/kernel.py's loops run:
-    the constraint needs them for l >= 1 (None where rho = 0); the couplings need them for every
-    level where `compiled` (the activations' gradients are then exact on the supports only, all
-    the JumpReLU passes on),
+    active or its threshold gradient is nonzero, with a_l there where model/kernel.py's loops run
+    (differentiable, as `jumprelu_l0` gives them: the loops' gradients go there): the constraint
+    needs them for l >= 1 (None where rho = 0); the couplings need them for every level where
+    `compiled` (the activations' gradients are then exact on the supports only, all the JumpReLU
+    passes on),
     swap[l] bool [n_l] of the parents swapped this step (None: none).
     Under autocast the products run in its dtype; the constraint stays in the weights' dtype.
     """
@@ -112,5 +122,6 @@ def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: t
     if rho > 0:
         cons = [constraint_plan(entries[l + 1], n[l + 1], parents[l + 1], n[l], W[l].dtype, sup[l])
                 for l in range(L - 1)]
-    out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype), *acts, *W, *b)
+    out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype, fast), *acts, *W, *b,
+                         *[e[1] if fast else None for e in entries])
     return list(out[:L]), list(out[L:])

@@ -66,19 +66,25 @@ def step(h: torch.Tensor, threshold: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class _JumpReLUL0(torch.autograd.Function):
-    """jumprelu and the batch-mean L0 in one pass, saving two bool masks instead of h."""
+    """jumprelu and the batch-mean L0 in one pass, saving two bool masks instead of h.
+
+    Where model/kernel.py's loop runs and entries are asked for, a's values at the support entries
+    are an output of their own: what takes them (the couplings) gives their gradient as entries,
+    which the backward's loop adds in row by row (no scattered writes into a [B, n] gradient)."""
 
     @staticmethod
     def forward(ctx, h, t, eps, entries):
         ctx.eps, ctx.B = eps, h.shape[0]
-        if _compiled(h, t):
+        ctx.loop = _compiled(h, t)
+        if ctx.loop:
             a, v = torch.empty_like(h), kernel.view
             active, near = torch.empty_like(h, dtype=torch.bool), torch.empty_like(h, dtype=torch.bool)
             cnt, flat, vals = kernel.jumprelu_l0(v(h), v(t), v(t - eps / 2), v(t + eps / 2), v(a),
                                                  v(active).view(np.uint8), v(near).view(np.uint8), entries)
-            ctx.save_for_backward(active, near, t)
-            support = (torch.from_numpy(flat), torch.from_numpy(vals)) if entries else None
-            return a, h.new_tensor(cnt) / ctx.B, support
+            flat, vals = torch.from_numpy(flat), torch.from_numpy(vals)
+            ctx.save_for_backward(active, near, t, flat)
+            ctx.mark_non_differentiable(flat)
+            return a, h.new_tensor(cnt) / ctx.B, flat if entries else None, vals if entries else None
         active = h > t
         near = (h > t - eps / 2) & (h < t + eps / 2)  # the rectangle kernel's support
         ctx.save_for_backward(active, near, t)
@@ -86,10 +92,18 @@ class _JumpReLUL0(torch.autograd.Function):
         ctx.mark_non_differentiable(support)
         # where and count_nonzero, not products with or sums of the masks: on the CPU those first
         # copy the whole [B, n] mask to float, a pass and an allocation each
-        return torch.where(active, h, 0.0), torch.count_nonzero(active).to(h.dtype) / ctx.B, support
+        return torch.where(active, h, 0.0), torch.count_nonzero(active).to(h.dtype) / ctx.B, support, None
 
     @staticmethod
-    def backward(ctx, ga, gl0, _):
+    def backward(ctx, ga, gl0, _, gvals):
+        if ctx.loop:
+            active, near, t, flat = ctx.saved_tensors
+            ga, v = ga.contiguous(), kernel.view
+            gh, gt = torch.empty_like(ga), torch.empty_like(t)
+            gv = torch.zeros_like(flat, dtype=ga.dtype) if gvals is None else gvals.to(ga.dtype).contiguous()
+            kernel.jumprelu_backward(v(ga), v(gv), v(flat), v(active).view(np.uint8), v(near).view(np.uint8),
+                                     v(t), v((gl0 / ctx.B).to(t.dtype).reshape(1)), ctx.eps, v(gh), v(gt))
+            return gh, gt, None, None
         active, near, t = ctx.saved_tensors
         # both thresholds' terms share the kernel: -(1 / eps) sum over near rows of (t ga + gl0 / B)
         gt = -torch.where(near, torch.addcmul(gl0 / ctx.B, ga, t), 0.0).sum(0) / ctx.eps
@@ -107,5 +121,7 @@ def jumprelu_l0(h: torch.Tensor, threshold: torch.Tensor, eps: float, entries: b
     """(jumprelu(h), mean over the batch of step(h).sum(1), support) with the same gradients as
     `jumprelu` and `step` used separately. The support, where a is active or its threshold
     gradient is nonzero, comes as a bool [B, n] mask in the torch form; where model/kernel.py's
-    loop runs, as its entries (`support_entries`: flat indices, a there) if `entries`, else None."""
-    return _JumpReLUL0.apply(h, threshold, eps, entries)
+    loop runs, as its entries (`support_entries`: flat indices, a there, differentiable) if
+    `entries`, else None."""
+    a, l0, support, vals = _JumpReLUL0.apply(h, threshold, eps, entries)
+    return a, l0, support if vals is None else (support, vals)

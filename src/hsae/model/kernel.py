@@ -147,6 +147,33 @@ def jumprelu_l0(h, t, lo, hi, a, active, near, want):
 
 
 @_njit
+def jumprelu_backward(ga, gv, flat, active, near, t, c0a, eps, gh, gt):
+    """The gradients of `jumprelu_l0`'s outputs, one pass: gh = g where active, else 0, and
+    gt[j] = -(1 / eps) sum over the rows where near of (t[j] g + c0a[0]), where g is
+    ga [B, n] (the dense gradient of a) plus, at the support entries flat, gv (their gradient as
+    entries, e.g. from the couplings: added while the row is in the cache). c0a: the L0's gradient
+    over B, a 1-element array (no host read)."""
+    B, n = ga.shape
+    c0 = c0a[0]
+    acc = np.zeros(n, np.float64)  # 1024 rows summed in fp32 would drift; torch's sum keeps more too
+    e = 0
+    for b in range(B):
+        for j in range(n):  # vectorised: no branch
+            g = ga[b, j]
+            gh[b, j] = g if active[b, j] else 0.0
+            acc[j] += (t[j] * g + c0) if near[b, j] else 0.0
+        end = (b + 1) * n
+        while e < flat.size and flat[e] < end:  # selects, not branches: near is a coin flip
+            j = flat[e] - b * n
+            x = gv[e]
+            gh[b, j] += x if active[b, j] else 0.0
+            acc[j] += t[j] * x if near[b, j] else 0.0
+            e += 1
+    for j in range(n):
+        gt[j] = -acc[j] / eps
+
+
+@_njit
 def _tables(par, n_p, dtype):
     """(parent clamped to 0, parent with an orphan as the spare parent n_p, 1 where a parent is set)."""
     pc = np.maximum(par, 0)
@@ -276,16 +303,17 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap):
 
 
 @_njit
-def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W, g2a, ga_c, ga_p, gW_p, gW):
+def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W, g2a, gv_c, gv_p, gW_p, gW):
     """Add g2a[0] / 2 times the gradient of t1 - 2 t2 + t3 (see `constraint_forward`, whose s and ap
-    it takes) into the flat ga_c and ga_p at the support entries (elsewhere the JumpReLU discards
-    it), gW_p [n_p, d] and gW [n_c, d], in place. g2a: a 1-element array (a
-    tensor's view: no host read of the loss's gradient). An input's parent gradients are summed in
-    a small table and added to ga_p once per parent entry."""
+    it takes) into gv_c and gv_p, the activations' gradients at the levels' support entries (one per
+    entry of fc / fp: written in order, where the [B, n] gradients would be a cache miss per
+    entry; `jumprelu_backward` adds them in), gW_p [n_p, d] and gW [n_c, d], in place. g2a: a
+    1-element array (a tensor's view: no host read of the loss's gradient). An input's parent
+    gradients are summed in a small table and added to gv_p once per parent entry."""
     g2 = g2a[0]
     pc, px, keep = _tables(par, n_p, vc.dtype)
     head = np.full(n_p + 1, -1, np.int64)
-    tbl = np.zeros(n_p, ga_p.dtype)
+    tbl = np.zeros(n_p, gv_p.dtype)
     nxt = np.empty(fc.size, np.int64)
     V = np.empty(W.shape[1], W.dtype)
     ds = np.zeros(n_c, W.dtype)  # the cosines' gradient
@@ -303,7 +331,7 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
         for e in range(e0, e1):  # every entry as if alone in its group: d/da = 2 a - 2 a_p s
             c = fc[e] - base
             v = vc[e] * keep[c]
-            ga_c[fc[e]] += g2 * keep[c] * (v - ap[e] * s[c])
+            gv_c[e] += g2 * keep[c] * (v - ap[e] * s[c])
             tbl[pc[c]] -= g2 * v * s[c]
             ds[c] -= g2 * ap[e] * v
             p = px[c]
@@ -314,10 +342,10 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
             for e in range(e0, e1):
                 p = px[fc[e] - base]
                 if p < n_p and head[p] == e and nxt[e] >= 0:
-                    _group_backward(fc, vc, e, base, nxt, keep, W, V, g2, ga_c, gW)
+                    _group_backward(fc, vc, e, base, nxt, keep, W, V, g2, gv_c, gW)
         for q in range(q0, q1):  # t1's gradient, 2 has_child a_p, and the table's sums
             col = fp[q] - r * n_p
-            ga_p[fp[q]] += tbl[col] + g2 * has_child[col] * vp[q]
+            gv_p[q] += tbl[col] + g2 * has_child[col] * vp[q]
         for e in range(e0, e1):
             head[px[fc[e] - base]] = -1
             tbl[pc[fc[e] - base]] = 0.0
@@ -327,7 +355,7 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
 
 
 @_njit
-def _group_backward(flat, vals, h, base, nxt, keep, W, V, g2, ga_c, gW):
+def _group_backward(flat, vals, h, base, nxt, keep, W, V, g2, gv, gW):
     """A group's part beyond its entries' own: d/da_k = 2 (w_k . V - a_k), d/dw_k = 2 a_k V."""
     _group(flat, vals, h, base, nxt, keep, W, V)
     k = h
@@ -337,7 +365,7 @@ def _group_backward(flat, vals, h, base, nxt, keep, W, V, g2, ga_c, gW):
         u = 0.0
         for j in range(V.size):
             u += W[ck, j] * V[j]
-        ga_c[flat[k]] += g2 * (u - vk)
+        gv[k] += g2 * (u - vk)
         if vk != 0.0:
             for j in range(V.size):
                 gW[ck, j] += g2 * vk * V[j]
@@ -364,10 +392,10 @@ def swap_forward(flat, vals, n, on, W, y, sign):
 
 
 @_njit
-def swap_backward(hit, flat, vals, n, W, g, ga, gW, sign, with_ga):
+def swap_backward(hit, flat, vals, n, W, g, gv, gW, sign, with_ga):
     """The gradient of swap_forward (hit: what it returned) for the loss's gradient g [B, d] of y,
-    added in place: gW at the columns that are on, and with_ga, the flat ga at the support entries
-    only (elsewhere the JumpReLU discards it)."""
+    added in place: gW at the columns that are on, and with_ga, gv at the entries (the
+    activations' gradient there, one per entry of flat)."""
     for e in hit:
         b = flat[e] // n
         c = flat[e] - b * n
@@ -375,7 +403,7 @@ def swap_backward(hit, flat, vals, n, W, g, ga, gW, sign, with_ga):
             u = 0.0
             for j in range(W.shape[1]):
                 u += g[b, j] * W[c, j]
-            ga[flat[e]] += sign * u
+            gv[e] += sign * u
         v = sign * vals[e]
         if v != 0.0:
             for j in range(W.shape[1]):

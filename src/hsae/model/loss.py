@@ -106,8 +106,9 @@ def hsae_loss(
         hs.append(h)
         acts.append(a)
         l0s_t.append(l0)
-        if need and not isinstance(support, tuple):  # the torch form's mask
-            support = support_entries(support, a)
+        if need and not isinstance(support, tuple):  # the torch form's mask (e.g. a compiled encode)
+            flat, vals = support_entries(support, a)
+            support = (flat, None if vals is None else a.reshape(-1).take(flat))  # vals with their gradient
         entries.append(support if need else None)
 
     levels = model.levels

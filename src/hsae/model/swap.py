@@ -87,13 +87,15 @@ def swap_cancel_(s: SwapPlan | EntrySwap, saved, ga_p) -> None:
 
 
 def swap_backward(s: SwapPlan | EntrySwap, saved, g, ga_c, gW_p, gW_c) -> None:
-    """Add the rest of <g, the swap>'s gradient into the dense buffers, in place (products in g's dtype)."""
+    """Add the rest of <g, the swap>'s gradient into the buffers, in place (products in g's dtype): ga_c
+    is the child level's dense [B, n_c] gradient, or for an EntrySwap its gradient at its support
+    entries (one per entry)."""
     if isinstance(s, EntrySwap):
         n_p, n_c, W_p, W_c, hit_p, hit_c = saved
         v = kernel.view
         (fc, vc), (fp, vp), g = s.sup_c, s.sup_p, v(g.contiguous())
-        kernel.swap_backward(hit_c, v(fc), v(vc), n_c, v(W_c), g, v(ga_c.view(-1)), v(gW_c), 1.0, True)
-        kernel.swap_backward(hit_p, v(fp), v(vp), n_p, v(W_p), g, v(ga_c.view(-1)), v(gW_p), -1.0, False)
+        kernel.swap_backward(hit_c, v(fc), v(vc), n_c, v(W_c), g, v(ga_c), v(gW_c), 1.0, True)
+        kernel.swap_backward(hit_p, v(fp), v(vp), n_p, v(W_p), g, v(ga_c), v(gW_p), -1.0, False)
         return
     Ac, Ap, Wc = saved
     ga_c.index_add_(1, s.C, (g @ Wc.t()).to(ga_c.dtype))
