@@ -199,6 +199,30 @@ def _group(flat, vals, k, base, nxt, keep, W, V):
 
 
 @_njit
+def _pair(flat, vals, h, base, nxt, keep):
+    """(columns, values) of the two entries of the group chained from h."""
+    k = nxt[h]
+    c1 = flat[h] - base
+    c2 = flat[k] - base
+    return c1, c2, vals[h] * keep[c1], vals[k] * keep[c2]
+
+
+@_njit
+def _group_cross(flat, vals, h, base, nxt, keep, W, V):
+    """||V||^2 - sum_e v_e^2 of the group chained from h (`_group`). A pair, the common group, in one
+    pass over its two rows with V never stored (~12% of the constraint's loops at the demo's dims)."""
+    if nxt[nxt[h]] < 0:
+        c1, c2, v1, v2 = _pair(flat, vals, h, base, nxt, keep)
+        t = 0.0
+        for j in range(W.shape[1]):
+            x = v1 * W[c1, j] + v2 * W[c2, j]
+            t += x * x
+        return t - v1 * v1 - v2 * v2
+    sq = _group(flat, vals, h, base, nxt, keep, W, V)
+    return _sq(V) - sq
+
+
+@_njit
 def _sq(V):
     t = 0.0
     for j in range(V.size):
@@ -291,8 +315,7 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap):
             for e in range(e0, e1):
                 p = px[fc[e] - base]
                 if p < n_p and head[p] == e and nxt[e] >= 0:  # the group's last entry
-                    sq = _group(fc, vc, e, base, nxt, keep, W, V)
-                    t3 += _sq(V) - sq
+                    t3 += _group_cross(fc, vc, e, base, nxt, keep, W, V)
         for e in range(e0, e1):
             head[px[fc[e] - base]] = -1
         for q in range(q0, q1):
@@ -357,6 +380,23 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
 @_njit
 def _group_backward(flat, vals, h, base, nxt, keep, W, V, g2, gv, gW):
     """A group's part beyond its entries' own: d/da_k = 2 (w_k . V - a_k), d/dw_k = 2 a_k V."""
+    if nxt[nxt[h]] < 0:  # a pair: one pass over its two rows, as in `_group_cross`
+        c1, c2, v1, v2 = _pair(flat, vals, h, base, nxt, keep)
+        a1 = g2 * v1
+        a2 = g2 * v2
+        u1 = 0.0
+        u2 = 0.0
+        for j in range(W.shape[1]):
+            x1 = W[c1, j]
+            x2 = W[c2, j]
+            x = v1 * x1 + v2 * x2
+            u1 += x1 * x
+            u2 += x2 * x
+            gW[c1, j] += a1 * x
+            gW[c2, j] += a2 * x
+        gv[h] += g2 * (u1 - v1)
+        gv[nxt[h]] += g2 * (u2 - v2)
+        return
     _group(flat, vals, h, base, nxt, keep, W, V)
     k = h
     while k >= 0:
