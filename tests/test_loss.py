@@ -181,10 +181,10 @@ def test_support_entries_are_the_mask_entries_and_their_values(shape, dtype, for
 @pytest.mark.parametrize("shape", [(64, 48), (5, 8), (300, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_jumprelu_is_the_torch_form(shape, dtype, monkeypatch):
-    """model/kernel.py's JumpReLU gives torch's activations, L0, support entries and pre-activations'
-    gradient exactly, and the thresholds' to rounding (its sum runs in fp64), with pre-activations
-    exactly at the threshold and at both edges of its kernel, and a gradient given at the entries
-    (the couplings') added to the dense one."""
+    """model/kernel.py's JumpReLU gives torch's activations, L0, active mask, support entries and
+    pre-activations' gradient exactly, and the thresholds' to rounding (its sum runs in fp64), with
+    pre-activations exactly at the threshold and at both edges of its kernel, and a gradient given
+    at the entries (the couplings') added to the dense one."""
     g = torch.Generator().manual_seed(2)
     t = torch.rand(shape[1], generator=g, dtype=dtype) + 0.1
     eps = 0.05
@@ -196,7 +196,7 @@ def test_compiled_jumprelu_is_the_torch_form(shape, dtype, monkeypatch):
     for on in (True, False):
         monkeypatch.setattr(kernel_mod, "ENABLED", on)
         hh, tt = h.clone().requires_grad_(), t.clone().requires_grad_()
-        a, l0, support = jumprelu_l0(hh, tt, eps, entries=True)
+        a, l0, active, support = jumprelu_l0(hh, tt, eps, entries=True)
         if on:
             flat, vals = support
             assert torch.equal(vals, a.detach().reshape(-1)[flat])
@@ -204,15 +204,15 @@ def test_compiled_jumprelu_is_the_torch_form(shape, dtype, monkeypatch):
         else:
             flat = support_entries(support, a.detach())[0]
             torch.autograd.backward([a, l0], [ga.reshape(-1).index_add(0, flat, gcouple[flat]).view(shape), gl0])
-        out[on] = (a.detach(), l0.detach(), flat, hh.grad, tt.grad)
-    for k, (x, y) in enumerate(zip(out[True][:4], out[False][:4])):
+        out[on] = (a.detach(), l0.detach(), active, flat, hh.grad, tt.grad)
+    for k, (x, y) in enumerate(zip(out[True][:5], out[False][:5])):
         assert x.dtype == y.dtype and torch.equal(x, y), k
     tol = 1e-5 if dtype == torch.float32 else 1e-12
-    assert torch.allclose(out[True][4], out[False][4], rtol=tol, atol=tol * out[False][4].abs().max())
-    assert out[True][2].numel() > 0 and out[True][4].abs().sum() > 0
+    assert torch.allclose(out[True][5], out[False][5], rtol=tol, atol=tol * out[False][5].abs().max())
+    assert out[True][3].numel() > 0 and out[True][5].abs().sum() > 0
     monkeypatch.setattr(kernel_mod, "ENABLED", True)
     hh, tt = h.clone().requires_grad_(), t.clone().requires_grad_()
-    a, l0, support = jumprelu_l0(hh, tt, eps)
+    a, l0, active, support = jumprelu_l0(hh, tt, eps)
     assert support is None  # no entries asked for: none found
     torch.autograd.backward([a, l0], [ga, gl0])
     assert torch.equal(hh.grad, torch.where(h > t, ga, 0.0))

@@ -83,19 +83,19 @@ class _JumpReLUL0(torch.autograd.Function):
                                                  v(active).view(np.uint8), v(near).view(np.uint8), entries)
             flat, vals = torch.from_numpy(flat), torch.from_numpy(vals)
             ctx.save_for_backward(active, near, t, flat)
-            ctx.mark_non_differentiable(flat)
-            return a, h.new_tensor(cnt) / ctx.B, flat if entries else None, vals if entries else None
+            ctx.mark_non_differentiable(active, flat)
+            return a, h.new_tensor(cnt) / ctx.B, active, flat if entries else None, vals if entries else None
         active = h > t
         near = (h > t - eps / 2) & (h < t + eps / 2)  # the rectangle kernel's support
         ctx.save_for_backward(active, near, t)
         support = active | near
-        ctx.mark_non_differentiable(support)
+        ctx.mark_non_differentiable(active, support)
         # where and count_nonzero, not products with or sums of the masks: on the CPU those first
         # copy the whole [B, n] mask to float, a pass and an allocation each
-        return torch.where(active, h, 0.0), torch.count_nonzero(active).to(h.dtype) / ctx.B, support, None
+        return torch.where(active, h, 0.0), torch.count_nonzero(active).to(h.dtype) / ctx.B, active, support, None
 
     @staticmethod
-    def backward(ctx, ga, gl0, _, gvals):
+    def backward(ctx, ga, gl0, _active, _support, gvals):
         if ctx.loop:
             active, near, t, flat = ctx.saved_tensors
             ga, v = ga.contiguous(), kernel.view
@@ -118,10 +118,10 @@ def _compiled(h: torch.Tensor, t: torch.Tensor) -> bool:
 
 
 def jumprelu_l0(h: torch.Tensor, threshold: torch.Tensor, eps: float, entries: bool = False):
-    """(jumprelu(h), mean over the batch of step(h).sum(1), support) with the same gradients as
-    `jumprelu` and `step` used separately. The support, where a is active or its threshold
-    gradient is nonzero, comes as a bool [B, n] mask in the torch form; where model/kernel.py's
-    loop runs, as its entries (`support_entries`: flat indices, a there, differentiable) if
-    `entries`, else None."""
-    a, l0, support, vals = _JumpReLUL0.apply(h, threshold, eps, entries)
-    return a, l0, support if vals is None else (support, vals)
+    """(jumprelu(h), mean over the batch of step(h).sum(1), the bool [B, n] mask h > threshold,
+    support) with the same gradients as `jumprelu` and `step` used separately. The support, where a
+    is active or its threshold gradient is nonzero, comes as a bool [B, n] mask in the torch form;
+    where model/kernel.py's loop runs, as its entries (`support_entries`: flat indices, a there,
+    differentiable) if `entries`, else None."""
+    a, l0, active, support, vals = _JumpReLUL0.apply(h, threshold, eps, entries)
+    return a, l0, active, support if vals is None else (support, vals)

@@ -62,8 +62,8 @@ def ghost_loss(x: torch.Tensor, x_hat: torch.Tensor, h: torch.Tensor, W_dec: tor
 
 
 def encode_level(lv, x: torch.Tensor, bandwidth: float, entries: bool = False):
-    """(pre-activations, activations, batch-mean L0, support) of one level, all in the weights' dtype;
-    the support as `jumprelu_l0` gives it (a mask, or where its loop runs, entries if `entries`).
+    """(pre-activations, activations, batch-mean L0, active mask, support) of one level, in the weights'
+    dtype; the support as `jumprelu_l0` gives it (a mask, or where its loop runs, entries if `entries`).
 
     The dense, fixed-shape part of the loss: what `hsae train --compile` compiles.
     """
@@ -99,13 +99,14 @@ def hsae_loss(
     # The couplings touch only support entries, found while the mask is still in the cache: the
     # constraint's torch form the child levels', model/kernel.py's loops every level's.
     fast = (rho > 0 or any(s is not None for s in swap)) and compiled(x)
-    hs, acts, l0s_t, entries = [], [], [], []
+    hs, acts, l0s_t, active, entries = [], [], [], [], []
     for l, lv in enumerate(model.levels):
         need = (rho > 0 and l > 0) or fast
-        h, a, l0, support = encode(lv, x, bandwidth, need)
+        h, a, l0, act, support = encode(lv, x, bandwidth, need)
         hs.append(h)
         acts.append(a)
         l0s_t.append(l0)
+        active.append(act)
         if need and not isinstance(support, tuple):  # the torch form's mask (e.g. a compiled encode)
             flat, vals = support_entries(support, a)
             support = (flat, None if vals is None else a.reshape(-1).take(flat))  # vals with their gradient
@@ -133,4 +134,4 @@ def hsae_loss(
     for c in cons:
         total = total + rho * c
     cons = [c.detach() for c in cons]
-    return LossOutput(total, mses, l0s, cons, ghosts, [a.detach() > 0 for a in acts])
+    return LossOutput(total, mses, l0s, cons, ghosts, active)
