@@ -175,11 +175,11 @@ def jumprelu_backward(ga, gv, flat, active, near, t, c0a, eps, gh, gt):
 
 @_njit
 def _tables(par, n_p, dtype):
-    """(parent clamped to 0, parent with an orphan as the spare parent n_p, 1 where a parent is set)."""
-    pc = np.maximum(par, 0)
-    px = np.where(par >= 0, par, n_p)
+    """(parent with an orphan's as the spare parent n_p, int32: small tables stay in L1; 1 where a
+    parent is set)."""
+    px = np.where(par >= 0, par, n_p).astype(np.int32)
     keep = (par >= 0).astype(dtype)
-    return pc, px, keep
+    return px, keep
 
 
 @_njit
@@ -279,9 +279,9 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap):
     activations a miss, and the misses are the cost.
     """
     _cosines(W_p, W, par, s)
-    pc, px, keep = _tables(par, n_p, vc.dtype)
+    px, keep = _tables(par, n_p, vc.dtype)
     head = np.full(n_p + 1, -1, np.int64)  # n_p: the spare parent of every orphan, never a group
-    tbl = np.zeros(n_p, vc.dtype)
+    tbl = np.zeros(n_p + 1, vc.dtype)  # tbl[n_p] = 0: an orphan's parent activation
     nxt = np.empty(fc.size, np.int64)
     V = np.empty(W.shape[1], W.dtype)
     t1 = 0.0
@@ -307,7 +307,7 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap):
         for e in range(e0, e1):
             c = fc[e] - base
             v = vc[e] * keep[c]
-            ap[e] = tbl[pc[c]]
+            ap[e] = tbl[px[c]]
             t2 += ap[e] * v * s[c]
             t3 += v * v
             p = px[c]
@@ -337,9 +337,9 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
     1-element array (a tensor's view: no host read of the loss's gradient). An input's parent
     gradients are summed in a small table and added to gv_p once per parent entry."""
     g2 = g2a[0]
-    pc, px, keep = _tables(par, n_p, vc.dtype)
+    px, keep = _tables(par, n_p, vc.dtype)
     head = np.full(n_p + 1, -1, np.int64)
-    tbl = np.zeros(n_p, gv_p.dtype)
+    tbl = np.zeros(n_p + 1, gv_p.dtype)  # an orphan's sum goes to tbl[n_p], never read
     nxt = np.empty(fc.size, np.int64)
     V = np.empty(W.shape[1], W.dtype)
     ds = np.zeros(n_c, W.dtype)  # the cosines' gradient
@@ -358,7 +358,7 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
             c = fc[e] - base
             v = vc[e] * keep[c]
             gv_c[e] += g2 * keep[c] * (v - ap[e] * s[c])
-            tbl[pc[c]] -= g2 * v * s[c]
+            tbl[px[c]] -= g2 * v * s[c]
             ds[c] -= g2 * ap[e] * v
             p = px[c]
             nxt[e] = head[p]
@@ -374,7 +374,7 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
             gv_p[q] += tbl[col] + g2 * has_child[col] * vp[q]
         for e in range(e0, e1):
             head[px[fc[e] - base]] = -1
-            tbl[pc[fc[e] - base]] = 0.0
+            tbl[px[fc[e] - base]] = 0.0
         e0 = e1
         q0 = q1
     _cosines_backward(ds, par, W_p, W, gW_p, gW)
