@@ -115,6 +115,7 @@ def jumprelu_l0(h, t, lo, hi, a, active, near, want):
     vals = np.empty(flat.size, h.dtype)
     cnt = 0
     m = 0
+    wz = np.empty(nw, np.int64)  # the row's nonzero words
     for b in range(B):
         rs = 0
         for j in range(n):  # vectorised: no branch
@@ -136,13 +137,12 @@ def jumprelu_l0(h, t, lo, hi, a, active, near, want):
             v2[:m] = vals[:m]
             flat = f2
             vals = v2
-        end = m + rs
-        w = b * nw
-        while m < end:  # the row's masks a word at a time, from the cache, up to its last entry
-            wd = wa[w] | wn[w]
-            if wd != 0:
-                m = _emit(wd, w, af, flat, vals, m)
-            w += 1
+        k = 0
+        for w in range(b * nw, (b + 1) * nw):  # the row's words from the cache, listed without a branch
+            wz[k] = w
+            k += (wa[w] | wn[w]) != 0
+        for i in range(k):
+            m = _emit(wa[wz[i]] | wn[wz[i]], wz[i], af, flat, vals, m)
     return cnt, flat[:m], vals[:m]
 
 
