@@ -17,7 +17,8 @@ The backward is hand-written and adds into gradient buffers it is given, in plac
 hand the engine one more full-size tensor to sum per input, an allocation and a pass each.
 
 That torch form is what a GPU runs. On a CPU, it all runs as model/kernel.py's compiled loops over
-both levels' support entries, one pass forward and one backward.
+both levels' support entries, one pass forward and one backward, which gives the activations'
+gradients at those entries (the JumpReLU's backward adds them in).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ swap as a parent, the swap of the level below it as a child, and the constraint 
 and as child. As separate autograd nodes, the engine sums those gradients itself, out of
 place whenever it cannot reuse a buffer: a full [B, n] or [n, d] allocation and pass each time
 (bench/RESULTS.md). In one node, the backward builds each level's gradients once, from the
-decode's dense products, and adds the couplings' sparse parts into them in place.
+decode's dense products, and adds the couplings' sparse parts into them in place; where
+model/kernel.py's loops run, the activations' parts go to the support entries' values, an input
+of their own, whose gradient the JumpReLU's backward adds in.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ rectangle kernel K(u) = 1[|u| < 1/2] with bandwidth eps (see `HSAEConfig.bandwid
 
 d step / dh is zero so that the L0 penalty moves only thresholds, never the encoder.
 On a CPU, the training forward (`jumprelu_l0`) is one of model/kernel.py's loops: one pass
-instead of seven, with the support entries the couplings need taken on the way.
+instead of seven, with the support entries the couplings need taken on the way; its backward is
+one pass too, which adds the couplings' gradients, given at those entries, into a's.
 """
 
 from __future__ import annotations

@@ -6,15 +6,17 @@ columns of which ~99% are zeros. Here:
 - `support_entries` finds a level's support entries and reads its activations there, one scan;
 - the constraint's loops walk a level pair's entries input by input, chain each input's entries
   by parent in a scratch table (a sibling group is a short chain: no sort), and do the forward's
-  arithmetic, then the backward's, adding into the dense gradient buffers in place, and each
-  child's cosine to its parent with its gradient, row by row (no gathered [n, d] temporary);
+  arithmetic, then the backward's, and each child's cosine to its parent with its gradient, row
+  by row (no gathered [n, d] temporary);
 - the swap adds one scaled decoder row per active entry of a swapped column;
 - the JumpReLU's forward writes its activations and both masks in one pass, and takes the
-  support entries from each row while it is in the cache (torch: seven passes and a scan).
-What they cost in a training step is the cache lines of the [B, n] tensors they touch, about one
-per support entry, which the step's products have evicted; so they touch as few as they can: a
-parent's activations come from its own level's entries through a small per-input table, never
-from the [B, n_p] tensor (bench/RESULTS.md).
+  support entries from each row while it is in the cache (torch: seven passes and a scan); its
+  backward is one pass too, and adds in the couplings' gradients at the entries row by row.
+What they cost in a training step is the cache lines of the [B, n] tensors they touch, which the
+step's products have evicted; so they touch as few as they can: a parent's activations come from
+its own level's entries through a small per-input table, never from the [B, n_p] tensor, and the
+activations' gradients go into arrays aligned with the entries, written in order, never into the
+[B, n] gradients (a miss per entry; bench/RESULTS.md).
 
 The loops run on the calling thread: numba's thread pool beside torch's OpenMP team won little
 (the loops wait on memory), and more threads than cores make libgomp stop spinning between its
