@@ -33,11 +33,14 @@ def _case(seed, sizes=(4, 10, 24), d=8, big_family=False):
     return m, x, swap
 
 
-@pytest.fixture(params=["kernel", "torch"])
+@pytest.fixture(params=["kernel", "kernel-hubs", "torch"])
 def form(request, monkeypatch):
     """Each test runs both forms of the couplings on the CPU: model/kernel.py's compiled loops, and
-    the torch form that CUDA runs."""
-    monkeypatch.setattr(kernel_mod, "ENABLED", request.param == "kernel")
+    the torch form that CUDA runs; the loops once more with every family of over two children
+    summing its groups' rows, as a hub parent's do, beside the sibling Gram of the others."""
+    monkeypatch.setattr(kernel_mod, "ENABLED", request.param != "torch")
+    if request.param == "kernel-hubs":
+        monkeypatch.setattr(kernel_mod, "GRAM_FAMILY", 2)
     return request.param
 
 
@@ -172,7 +175,7 @@ def test_support_entries_are_the_mask_entries_and_their_values(shape, dtype, for
         a = torch.randn(shape, generator=g, dtype=dtype) * m
         flat, vals = support_entries(m, a)
         assert torch.equal(flat, m.reshape(-1).nonzero().squeeze(1))
-        if form == "kernel" and m.numel() % 8 == 0:
+        if form != "torch" and m.numel() % 8 == 0:
             assert torch.equal(vals, a.reshape(-1)[flat])
         else:
             assert vals is None

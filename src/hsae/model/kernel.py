@@ -7,7 +7,10 @@ columns of which ~99% are zeros. Here:
 - the constraint's loops walk a level pair's entries input by input, chain each input's entries
   by parent in a scratch table (a sibling group is a short chain: no sort), and do the forward's
   arithmetic, then the backward's, and each child's cosine to its parent with its gradient, row
-  by row (no gathered [n, d] temporary);
+  by row (no gathered [n, d] temporary); two siblings' dot product is computed the first time they
+  co-fire in a step and looked up after, and the backward updates their rows once with the
+  batch's sum (decoder-row work once per sibling pair, not once per input; hub parents, whose
+  pairs are too many to list, sum their groups' rows instead);
 - the swap adds one scaled decoder row per active entry of a swapped column;
 - the JumpReLU's forward writes its activations and both masks in one pass, and takes the
   support entries from each row while it is in the cache (torch: seven passes and a scan); its
@@ -268,8 +271,69 @@ def _cosines_backward(ds, par, W_p, W, gW_p, gW):
                 gW_p[p, j] += v * W[c, j]
 
 
+# Families of at most this many children take their sibling terms from a Gram of decoder-row dots,
+# filled as pairs first co-fire; larger ones (hub parents) sum their groups' rows (`_group_cross`).
+GRAM_FAMILY = 16
+
+
 @_njit
-def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap):
+def _siblings(par, n_p, K):
+    """(each child's rank among its parent's children, each parent's first Gram slot, -1 for a
+    family of more than K children, and the number of slots: one per pair of siblings)."""
+    k = np.zeros(n_p, np.int64)
+    rank = np.zeros(par.size, np.int64)
+    for c in range(par.size):
+        if par[c] >= 0:
+            rank[c] = k[par[c]]
+            k[par[c]] += 1
+    b0 = np.empty(n_p, np.int64)
+    S = 0
+    for p in range(n_p):
+        b0[p] = S if k[p] <= K else -1
+        S += k[p] * (k[p] - 1) // 2 if k[p] <= K else 0
+    return rank, b0, S
+
+
+@_njit
+def _slot(c1, c2, rank, b0):
+    """The Gram slot of siblings c1 != c2 (their parent's first slot b0)."""
+    lo = min(rank[c1], rank[c2])
+    hi = max(rank[c1], rank[c2])
+    return b0 + hi * (hi - 1) // 2 + lo
+
+
+@_njit
+def _gram_cross(flat, vals, h, base, nxt, keep, W, rank, b0, pos, G, pi, pj, cnt):
+    """sum over the pairs e != e' of the group chained from h of v_e v_e' (w_c . w_c'), each dot taken
+    from the Gram (slot -> pos: its place + 1 in G, pi, pj; 0 until the pair first co-fires, when it
+    is computed: once per step, not once per input)."""
+    t = 0.0
+    i = h
+    while i >= 0:
+        ci = flat[i] - base
+        vi = vals[i] * keep[ci]
+        j = nxt[i]
+        while j >= 0:
+            cj = flat[j] - base
+            k = _slot(ci, cj, rank, b0)
+            if pos[k] == 0:
+                u = cnt[0]
+                cnt[0] = u + 1
+                pos[k] = u + 1
+                d = 0.0
+                for x in range(W.shape[1]):
+                    d += W[ci, x] * W[cj, x]
+                G[u] = d
+                pi[u] = ci
+                pj[u] = cj
+            t += 2.0 * vi * vals[j] * keep[cj] * G[pos[k] - 1]
+            j = nxt[j]
+        i = nxt[i]
+    return t
+
+
+@_njit
+def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, K):
     """(t1, t2, t3) of model/constraint.py's docstring summed over the batch: sum of has_child a_p^2,
     sum over child entries of a_p a_c s_c, and sum over (input, parent) groups of
     ||sum_e a_e w_e||^2 (a lone child's counted as a^2: unit-norm rows). ap[e] receives each child
@@ -279,9 +343,16 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap):
     (`support_entries`); par [n_c] int64 (-1: none); has_child [n_p]; W_p [n_p, d], W [n_c, d]: the
     levels' decoder rows; s [n_c] receives each child's cosine to its parent. An input's parent activations are
     spread into a small table first: a lookup there is a cache hit, a lookup in the [B, n_p]
-    activations a miss, and the misses are the cost.
+    activations a miss, and the misses are the cost. K: `GRAM_FAMILY`. Also returns the sibling
+    Gram the step filled (`_gram_cross`), for the backward.
     """
     _cosines(W_p, W, par, s)
+    rank, b0, S = _siblings(par, n_p, K)
+    pos = np.zeros(S, np.int64)
+    G = np.empty(S, np.float64)
+    pi = np.empty(S, np.int64)
+    pj = np.empty(S, np.int64)
+    cnt = np.zeros(1, np.int64)
     px, keep = _tables(par, n_p, vc.dtype)
     head = np.full(n_p + 1, -1, np.int64)  # n_p: the spare parent of every orphan, never a group
     tbl = np.zeros(n_p + 1, vc.dtype)  # tbl[n_p] = 0: an orphan's parent activation
@@ -321,25 +392,34 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap):
             for e in range(e0, e1):
                 p = px[fc[e] - base]
                 if p < n_p and head[p] == e and nxt[e] >= 0:  # the group's last entry
-                    t3 += _group_cross(fc, vc, e, base, nxt, keep, W, V)
+                    if b0[p] >= 0:
+                        t3 += _gram_cross(fc, vc, e, base, nxt, keep, W, rank, b0[p], pos, G, pi, pj, cnt)
+                    else:
+                        t3 += _group_cross(fc, vc, e, base, nxt, keep, W, V)
         for e in range(e0, e1):
             head[px[fc[e] - base]] = -1
         for q in range(q0, q1):
             tbl[fp[q] - r * n_p] = 0.0
         e0 = e1
         q0 = q1
-    return t1, t2, t3
+    u = cnt[0]
+    return t1, t2, t3, pos, G[:u], pi[:u], pj[:u]
 
 
 @_njit
-def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W, g2a, gv_c, gv_p, gW_p, gW):
+def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W, g2a, gv_c, gv_p, gW_p, gW,
+                        K, pos, G, pi, pj):
     """Add g2a[0] / 2 times the gradient of t1 - 2 t2 + t3 (see `constraint_forward`, whose s and ap
     it takes) into gv_c and gv_p, the activations' gradients at the levels' support entries (one per
     entry of fc / fp: written in order, where the [B, n] gradients would be a cache miss per
     entry; `jumprelu_backward` adds them in), gW_p [n_p, d] and gW [n_c, d], in place. g2a: a
     1-element array (a tensor's view: no host read of the loss's gradient). An input's parent
-    gradients are summed in a small table and added to gv_p once per parent entry."""
+    gradients are summed in a small table and added to gv_p once per parent entry. K, pos, G, pi,
+    pj: `constraint_forward`'s sibling Gram; each of its pairs updates its two decoder rows' gradients
+    once, with the batch's sum of its v v'."""
     g2 = g2a[0]
+    rank, b0, _ = _siblings(par, n_p, K)
+    M = np.zeros(G.size, np.float64)
     px, keep = _tables(par, n_p, vc.dtype)
     head = np.full(n_p + 1, -1, np.int64)
     tbl = np.zeros(n_p + 1, gv_p.dtype)  # an orphan's sum goes to tbl[n_p], never read
@@ -371,7 +451,10 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
             for e in range(e0, e1):
                 p = px[fc[e] - base]
                 if p < n_p and head[p] == e and nxt[e] >= 0:
-                    _group_backward(fc, vc, e, base, nxt, keep, W, V, g2, gv_c, gW)
+                    if b0[p] >= 0:
+                        _gram_backward(fc, vc, e, base, nxt, keep, rank, b0[p], pos, G, M, g2, gv_c)
+                    else:
+                        _group_backward(fc, vc, e, base, nxt, keep, W, V, g2, gv_c, gW)
         for q in range(q0, q1):  # t1's gradient, 2 has_child a_p, and the table's sums
             col = fp[q] - r * n_p
             gv_p[q] += tbl[col] + g2 * has_child[col] * vp[q]
@@ -380,7 +463,36 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
             tbl[px[fc[e] - base]] = 0.0
         e0 = e1
         q0 = q1
+    for u in range(G.size):  # d/dw_c of v v' (w_c . w_c'): v v' w_c', once per pair the batch saw
+        m = g2 * M[u]
+        if m != 0.0:
+            c1 = pi[u]
+            c2 = pj[u]
+            for x in range(W.shape[1]):
+                w1 = W[c1, x]
+                gW[c1, x] += m * W[c2, x]
+                gW[c2, x] += m * w1
     _cosines_backward(ds, par, W_p, W, gW_p, gW)
+
+
+@_njit
+def _gram_backward(flat, vals, h, base, nxt, keep, rank, b0, pos, G, M, g2, gv):
+    """`_gram_cross`'s gradient in the group's entries, g2 v' (w_c . w_c') each, and the pairs' v v'
+    summed into M for the rows' gradient."""
+    i = h
+    while i >= 0:
+        ci = flat[i] - base
+        vi = vals[i] * keep[ci]
+        j = nxt[i]
+        while j >= 0:
+            cj = flat[j] - base
+            vj = vals[j] * keep[cj]
+            u = pos[_slot(ci, cj, rank, b0)] - 1
+            gv[i] += g2 * vj * G[u]
+            gv[j] += g2 * vi * G[u]
+            M[u] += vi * vj
+            j = nxt[j]
+        i = nxt[i]
 
 
 @_njit
