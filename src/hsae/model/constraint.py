@@ -212,7 +212,7 @@ def constraint_sum(c: ConstraintPlan | KernelPlan, a_p, a_c, W_p, W_c):
         t1, t2, t3, *gram = kernel.constraint_forward(v(fc), v(vc), a_c.shape[1], v(fp), v(vp), a_p.shape[1],
                                                       v(c.parent), v(c.has_child), v(W_p), v(W_c), v(s), v(ap),
                                                       kernel.GRAM_FAMILY)
-        return a_p.new_tensor(t1 - 2 * t2 + t3), (s, ap, kernel.GRAM_FAMILY, gram)
+        return a_p.new_tensor(t1 - 2 * t2 + t3), (s, ap, gram)
     # flat gathers as `take`: ~5x a 1-D index_select on a CPU
     vals = a_c.take(c.flat) * c.keep  # an orphan's value counts for nothing
     ap = a_p.take(c.pflat)
@@ -230,11 +230,11 @@ def constraint_backward(c: ConstraintPlan | KernelPlan, saved, g, a_p, W_p, W_c,
     ga_c are the levels' dense [B, n] gradients, or for a KernelPlan their gradients at the support
     entries (one per entry)."""
     if isinstance(c, KernelPlan):
-        (s, ap, K, gram), v = saved, kernel.view
+        (s, ap, gram), v = saved, kernel.view
         (fc, vc), (fp, vp) = c.child, c.par_entries
         kernel.constraint_backward(v(fc), v(vc), v(ap), W_c.shape[0], v(fp), v(vp), W_p.shape[0], v(c.parent),
                                    v(c.has_child), v(s), v(W_p), v(W_c), v((2 * g).reshape(1)), v(ga_c),
-                                   v(ga_p), v(gW_p), v(gW_c), K, *gram)
+                                   v(ga_p), v(gW_p), v(gW_c), *gram)
         return
     vals, ap, se, kept = saved
     gv = (2 * g) * (vals - ap * se)

@@ -28,7 +28,6 @@ class _Spec:
     cons: list  # per level pair: its ConstraintPlan (empty: rho = 0, no constraint)
     dtype: torch.dtype  # of the products (bf16 under autocast)
     out_dtype: torch.dtype  # of the reconstructions (the input's)
-    entries: bool  # the couplings are model/kernel.py's loops: their activations' gradients come as entries
 
 
 class _Coupled(torch.autograd.Function):
@@ -77,7 +76,7 @@ class _Coupled(torch.autograd.Function):
         # add theirs into the gradients at the entries, gV.
         gA: list = []
         gV = [torch.zeros(v[0], dtype=v[1]) if v is not None else None for v in ctx.entries]
-        ga = gV if spec.entries else gA
+        ga = gV if gV[0] is not None else gA  # the loops ran: every level has its entries' values
         for l in range(L):
             gA.append((g[l] @ Wm[l].t()).to(A[l].dtype))
             if spec.swaps[l] is not None:  # before anything is added: the swap cancels the decode's part only
@@ -124,6 +123,6 @@ def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: t
     if rho > 0:
         cons = [constraint_plan(entries[l + 1], n[l + 1], parents[l + 1], n[l], W[l].dtype, sup[l])
                 for l in range(L - 1)]
-    out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype, fast), *acts, *W, *b,
+    out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype), *acts, *W, *b,
                          *[e[1] if fast else None for e in entries])
     return list(out[:L]), list(out[L:])

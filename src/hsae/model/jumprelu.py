@@ -114,8 +114,8 @@ class _JumpReLUL0(torch.autograd.Function):
 def _compiled(h: torch.Tensor, t: torch.Tensor) -> bool:
     """Whether model/kernel.py's loop runs the forward: on a CPU in fp32/fp64 (thresholds in the same
     dtype), rows of whole words, and not inside torch.compile's tracing (which keeps the torch form)."""
-    return (kernel.takes(h) and t.dtype == h.dtype and h.is_contiguous() and t.is_contiguous() and h.dim() == 2 and h.shape[1] % 8 == 0
-            and not torch.compiler.is_compiling())
+    return (kernel.takes(h) and t.dtype == h.dtype and h.is_contiguous() and t.is_contiguous() and h.dim() == 2
+            and h.shape[1] % 8 == 0 and not torch.compiler.is_compiling())
 
 
 def jumprelu_l0(h: torch.Tensor, threshold: torch.Tensor, eps: float, entries: bool = False):

@@ -204,31 +204,6 @@ def _group(flat, vals, k, base, nxt, keep, W, V):
 
 
 @_njit
-def _pair(flat, vals, h, base, nxt, keep):
-    """(columns, values) of the two entries of the group chained from h."""
-    k = nxt[h]
-    c1 = flat[h] - base
-    c2 = flat[k] - base
-    return c1, c2, vals[h] * keep[c1], vals[k] * keep[c2]
-
-
-@_njit
-def _group_cross(flat, vals, h, base, nxt, keep, W, V):
-    """||V||^2 - sum_e v_e^2 of the group chained from h (`_group`). A pair, the common group, in one
-    pass over its two rows with V never stored (with `_group_backward`'s: the backward loop ~11%
-    faster at the demo's dims)."""
-    if nxt[nxt[h]] < 0:
-        c1, c2, v1, v2 = _pair(flat, vals, h, base, nxt, keep)
-        t = 0.0
-        for j in range(W.shape[1]):
-            x = v1 * W[c1, j] + v2 * W[c2, j]
-            t += x * x
-        return t - v1 * v1 - v2 * v2
-    sq = _group(flat, vals, h, base, nxt, keep, W, V)
-    return _sq(V) - sq
-
-
-@_njit
 def _sq(V):
     t = 0.0
     for j in range(V.size):
@@ -272,7 +247,7 @@ def _cosines_backward(ds, par, W_p, W, gW_p, gW):
 
 
 # Families of at most this many children take their sibling terms from a Gram of decoder-row dots,
-# filled as pairs first co-fire; larger ones (hub parents) sum their groups' rows (`_group_cross`).
+# filled as pairs first co-fire; larger ones (hub parents) sum their groups' rows (`_group`).
 GRAM_FAMILY = 16
 
 
@@ -344,7 +319,7 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
     levels' decoder rows; s [n_c] receives each child's cosine to its parent. An input's parent activations are
     spread into a small table first: a lookup there is a cache hit, a lookup in the [B, n_p]
     activations a miss, and the misses are the cost. K: `GRAM_FAMILY`. Also returns the sibling
-    Gram the step filled (`_gram_cross`), for the backward.
+    Gram the step filled with its slot tables (`_siblings`, `_gram_cross`), for the backward.
     """
     _cosines(W_p, W, par, s)
     rank, b0, S = _siblings(par, n_p, K)
@@ -394,8 +369,9 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
                 if p < n_p and head[p] == e and nxt[e] >= 0:  # the group's last entry
                     if b0[p] >= 0:
                         t3 += _gram_cross(fc, vc, e, base, nxt, keep, W, rank, b0[p], pos, G, pi, pj, cnt)
-                    else:
-                        t3 += _group_cross(fc, vc, e, base, nxt, keep, W, V)
+                    else:  # ||V||^2 in place of its entries' a^2
+                        sq = _group(fc, vc, e, base, nxt, keep, W, V)
+                        t3 += _sq(V) - sq
         for e in range(e0, e1):
             head[px[fc[e] - base]] = -1
         for q in range(q0, q1):
@@ -403,22 +379,21 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
         e0 = e1
         q0 = q1
     u = cnt[0]
-    return t1, t2, t3, pos, G[:u], pi[:u], pj[:u]
+    return t1, t2, t3, rank, b0, pos, G[:u], pi[:u], pj[:u]
 
 
 @_njit
 def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W, g2a, gv_c, gv_p, gW_p, gW,
-                        K, pos, G, pi, pj):
+                        rank, b0, pos, G, pi, pj):
     """Add g2a[0] / 2 times the gradient of t1 - 2 t2 + t3 (see `constraint_forward`, whose s and ap
     it takes) into gv_c and gv_p, the activations' gradients at the levels' support entries (one per
     entry of fc / fp: written in order, where the [B, n] gradients would be a cache miss per
     entry; `jumprelu_backward` adds them in), gW_p [n_p, d] and gW [n_c, d], in place. g2a: a
     1-element array (a tensor's view: no host read of the loss's gradient). An input's parent
-    gradients are summed in a small table and added to gv_p once per parent entry. K, pos, G, pi,
-    pj: `constraint_forward`'s sibling Gram; each of its pairs updates its two decoder rows' gradients
-    once, with the batch's sum of its v v'."""
+    gradients are summed in a small table and added to gv_p once per parent entry. rank, b0, pos, G,
+    pi, pj: `constraint_forward`'s sibling Gram; each of its pairs updates its two decoder rows'
+    gradients once, with the batch's sum of its v v'."""
     g2 = g2a[0]
-    rank, b0, _ = _siblings(par, n_p, K)
     M = np.zeros(G.size, np.float64)
     px, keep = _tables(par, n_p, vc.dtype)
     head = np.full(n_p + 1, -1, np.int64)
@@ -498,23 +473,6 @@ def _gram_backward(flat, vals, h, base, nxt, keep, rank, b0, pos, G, M, g2, gv):
 @_njit
 def _group_backward(flat, vals, h, base, nxt, keep, W, V, g2, gv, gW):
     """A group's part beyond its entries' own: d/da_k = 2 (w_k . V - a_k), d/dw_k = 2 a_k V."""
-    if nxt[nxt[h]] < 0:  # a pair: one pass over its two rows, as in `_group_cross`
-        c1, c2, v1, v2 = _pair(flat, vals, h, base, nxt, keep)
-        a1 = g2 * v1
-        a2 = g2 * v2
-        u1 = 0.0
-        u2 = 0.0
-        for j in range(W.shape[1]):
-            x1 = W[c1, j]
-            x2 = W[c2, j]
-            x = v1 * x1 + v2 * x2
-            u1 += x1 * x
-            u2 += x2 * x
-            gW[c1, j] += a1 * x
-            gW[c2, j] += a2 * x
-        gv[h] += g2 * (u1 - v1)
-        gv[nxt[h]] += g2 * (u2 - v2)
-        return
     _group(flat, vals, h, base, nxt, keep, W, V)
     k = h
     while k >= 0:
