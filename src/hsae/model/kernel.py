@@ -156,24 +156,28 @@ def jumprelu_backward(ga, gv, flat, active, near, t, c0a, eps, gh, gt):
     """The gradients of `jumprelu_l0`'s outputs, one pass: gh = g where active, else 0, and
     gt[j] = -(1 / eps) sum over the rows where near of (t[j] g + c0a[0]), where g is
     ga [B, n] (the dense gradient of a) plus, at the support entries flat, gv (their gradient as
-    entries, e.g. from the couplings: added while the row is in the cache). c0a: the L0's gradient
+    entries, e.g. from the couplings: added in the row's pass). c0a: the L0's gradient
     over B, a 1-element array (no host read)."""
     B, n = ga.shape
     c0 = c0a[0]
     acc = np.zeros(n, np.float64)  # 1024 rows summed in fp32 would drift; torch's sum keeps more too
+    # The row's entries are spread into a dense scratch row first, with scalar stores, and read
+    # back by the vectorised pass: added into gh and acc after that pass instead, each entry's
+    # narrow load waited for the pass's wide stores to retire (no store forwarding): the entries
+    # took twice as long (bench/RESULTS.md).
+    row = np.zeros(n, ga.dtype)
     e = 0
     for b in range(B):
+        e1 = _run_end(flat, e, n, b)
+        for q in range(e, e1):
+            row[flat[q] - b * n] = gv[q]
         for j in range(n):  # vectorised: no branch
-            g = ga[b, j]
+            g = ga[b, j] + row[j]
             gh[b, j] = g if active[b, j] else 0.0
             acc[j] += (t[j] * g + c0) if near[b, j] else 0.0
-        end = (b + 1) * n
-        while e < flat.size and flat[e] < end:  # selects, not branches: near is a coin flip
-            j = flat[e] - b * n
-            x = gv[e]
-            gh[b, j] += x if active[b, j] else 0.0
-            acc[j] += t[j] * x if near[b, j] else 0.0
-            e += 1
+        for q in range(e, e1):  # scalar stores again, not a vector fill
+            row[flat[q] - b * n] = 0.0
+        e = e1
     for j in range(n):
         gt[j] = -acc[j] / eps
 
@@ -307,6 +311,7 @@ def _gram_cross(flat, vals, h, base, nxt, keep, W, rank, b0, pos, G, pi, pj, cnt
     return t
 
 
+
 @_njit
 def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, K):
     """(t1, t2, t3) of model/constraint.py's docstring summed over the batch: sum of has_child a_p^2,
@@ -332,6 +337,7 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
     head = np.full(n_p + 1, -1, np.int64)  # n_p: the spare parent of every orphan, never a group
     tbl = np.zeros(n_p + 1, vc.dtype)  # tbl[n_p] = 0: an orphan's parent activation
     nxt = np.empty(fc.size, np.int64)
+    grp = np.empty(n_c, np.int64)  # an input's groups of two or more, by parent (an orphan's n_p: none)
     V = np.empty(W.shape[1], W.dtype)
     t1 = 0.0
     t2 = 0.0
@@ -352,28 +358,28 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
         for q in range(q0, q1):
             tbl[fp[q] - r * n_p] = vp[q]
         base = r * n_c
-        multi = 0
+        ng = 0
         for e in range(e0, e1):
             c = fc[e] - base
             v = vc[e] * keep[c]
-            ap[e] = tbl[px[c]]
+            p = px[c]
+            ap[e] = tbl[p]
             t2 += ap[e] * v * s[c]
             t3 += v * v
-            p = px[c]
-            nxt[e] = head[p]
+            h = head[p]  # chain e into its parent's group (head: its last entry, nxt: the one before)
+            h = h if h >= e0 else -1  # a head below e0 is an earlier input's: no pass resets the table
+            nxt[e] = h
             head[p] = e
-            multi |= (nxt[e] >= 0) & (p < n_p)
-        if multi:  # groups of two or more: ||V||^2 in place of their entries' a^2
-            for e in range(e0, e1):
-                p = px[fc[e] - base]
-                if p < n_p and head[p] == e and nxt[e] >= 0:  # the group's last entry
-                    if b0[p] >= 0:
-                        t3 += _gram_cross(fc, vc, e, base, nxt, keep, W, rank, b0[p], pos, G, pi, pj, cnt)
-                    else:  # ||V||^2 in place of its entries' a^2
-                        sq = _group(fc, vc, e, base, nxt, keep, W, V)
-                        t3 += _sq(V) - sq
-        for e in range(e0, e1):
-            head[px[fc[e] - base]] = -1
+            if h >= 0 and nxt[h] < 0 and p < n_p:  # a group's second entry (rare: a predicted branch)
+                grp[ng] = p
+                ng += 1
+        for i in range(ng):  # groups of two or more
+            p = grp[i]
+            if b0[p] >= 0:
+                t3 += _gram_cross(fc, vc, head[p], base, nxt, keep, W, rank, b0[p], pos, G, pi, pj, cnt)
+            else:  # ||V||^2 in place of its entries' a^2
+                sq = _group(fc, vc, head[p], base, nxt, keep, W, V)
+                t3 += _sq(V) - sq
         for q in range(q0, q1):
             tbl[fp[q] - r * n_p] = 0.0
         e0 = e1
@@ -399,6 +405,7 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
     head = np.full(n_p + 1, -1, np.int64)
     tbl = np.zeros(n_p + 1, gv_p.dtype)  # an orphan's sum goes to tbl[n_p], never read
     nxt = np.empty(fc.size, np.int64)
+    grp = np.empty(n_c, np.int64)  # an input's groups of two or more, by parent (an orphan's n_p: none)
     V = np.empty(W.shape[1], W.dtype)
     ds = np.zeros(n_c, W.dtype)  # the cosines' gradient
     e0 = 0
@@ -411,30 +418,31 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
         e1 = _run_end(fc, e0, n_c, r)
         q1 = _run_end(fp, q0, n_p, r)
         base = r * n_c
-        multi = 0
+        ng = 0
         for e in range(e0, e1):  # every entry as if alone in its group: d/da = 2 a - 2 a_p s
             c = fc[e] - base
             v = vc[e] * keep[c]
-            gv_c[e] += g2 * keep[c] * (v - ap[e] * s[c])
-            tbl[px[c]] -= g2 * v * s[c]
-            ds[c] -= g2 * ap[e] * v
             p = px[c]
-            nxt[e] = head[p]
+            gv_c[e] += g2 * keep[c] * (v - ap[e] * s[c])
+            tbl[p] -= g2 * v * s[c]
+            ds[c] -= g2 * ap[e] * v
+            h = head[p]  # chain e into its parent's group (head: its last entry, nxt: the one before)
+            h = h if h >= e0 else -1  # a head below e0 is an earlier input's: no pass resets the table
+            nxt[e] = h
             head[p] = e
-            multi |= (nxt[e] >= 0) & (p < n_p)
-        if multi:
-            for e in range(e0, e1):
-                p = px[fc[e] - base]
-                if p < n_p and head[p] == e and nxt[e] >= 0:
-                    if b0[p] >= 0:
-                        _gram_backward(fc, vc, e, base, nxt, keep, rank, b0[p], pos, G, M, g2, gv_c)
-                    else:
-                        _group_backward(fc, vc, e, base, nxt, keep, W, V, g2, gv_c, gW)
+            if h >= 0 and nxt[h] < 0 and p < n_p:  # a group's second entry (rare: a predicted branch)
+                grp[ng] = p
+                ng += 1
+        for i in range(ng):
+            p = grp[i]
+            if b0[p] >= 0:
+                _gram_backward(fc, vc, head[p], base, nxt, keep, rank, b0[p], pos, G, M, g2, gv_c)
+            else:
+                _group_backward(fc, vc, head[p], base, nxt, keep, W, V, g2, gv_c, gW)
         for q in range(q0, q1):  # t1's gradient, 2 has_child a_p, and the table's sums
             col = fp[q] - r * n_p
             gv_p[q] += tbl[col] + g2 * has_child[col] * vp[q]
         for e in range(e0, e1):
-            head[px[fc[e] - base]] = -1
             tbl[px[fc[e] - base]] = 0.0
         e0 = e1
         q0 = q1
