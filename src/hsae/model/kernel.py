@@ -239,15 +239,43 @@ def _cosines(W_p, W, par, s):
 
 
 @_njit
-def _cosines_backward(ds, par, W_p, W, gW_p, gW):
-    """Add the gradient of sum_c ds[c] s[c] (`_cosines`) into gW_p and gW, row by row."""
-    for c in range(W.shape[0]):
-        p = par[c]
-        v = ds[c]
-        if p >= 0:
-            for j in range(W.shape[1]):
-                gW[c, j] += v * W_p[p, j]
-                gW_p[p, j] += v * W[c, j]
+def _families_backward(ds, M, g2, par, b0, pos, W_p, W, gW_p, gW):
+    """Add into gW_p and gW the gradient of sum_c ds[c] s[c] (`_cosines`) and of the sibling Gram's
+    pairs, g2 M[u] (w_c . w_c') for pair u (`_gram_backward`'s sums), family by family: a parent's
+    rows and its children's stay in L1 while each child's gradient row is updated once (child by
+    child and pair by pair, the rows were missed ~4x as often: bench/RESULTS.md)."""
+    n_p = W_p.shape[0]
+    start = np.zeros(n_p + 1, np.int64)  # children by parent, ascending: their rank is their place
+    for c in range(par.size):
+        if par[c] >= 0:
+            start[par[c] + 1] += 1
+    for p in range(n_p):
+        start[p + 1] += start[p]
+    kids = np.empty(start[n_p], np.int64)
+    fill = start[:n_p].copy()
+    for c in range(par.size):
+        if par[c] >= 0:
+            kids[fill[par[c]]] = c
+            fill[par[c]] += 1
+    for p in range(n_p):
+        for i in range(start[p], start[p + 1]):
+            c = kids[i]
+            v = ds[c]
+            if v != 0.0:
+                for x in range(W.shape[1]):
+                    gW[c, x] += v * W_p[p, x]
+                    gW_p[p, x] += v * W[c, x]
+            if b0[p] < 0:  # a hub family: its groups updated their rows themselves
+                continue
+            for i2 in range(start[p], start[p + 1]):  # d/dw_c of v v' (w_c . w_c'): v v' w_c'
+                lo = min(i, i2) - start[p]
+                hi = max(i, i2) - start[p]
+                u = pos[b0[p] + hi * (hi - 1) // 2 + lo] - 1 if i2 != i else -1
+                m = g2 * M[u] if u >= 0 else 0.0
+                if m != 0.0:
+                    c2 = kids[i2]
+                    for x in range(W.shape[1]):
+                        gW[c, x] += m * W[c2, x]
 
 
 # Families of at most this many children take their sibling terms from a Gram of decoder-row dots,
@@ -282,9 +310,9 @@ def _slot(c1, c2, rank, b0):
 
 
 @_njit
-def _gram_cross(flat, vals, h, base, nxt, keep, W, rank, b0, pos, G, pi, pj, cnt):
+def _gram_cross(flat, vals, h, base, nxt, keep, W, rank, b0, pos, G, cnt):
     """sum over the pairs e != e' of the group chained from h of v_e v_e' (w_c . w_c'), each dot taken
-    from the Gram (slot -> pos: its place + 1 in G, pi, pj; 0 until the pair first co-fires, when it
+    from the Gram (slot -> pos: its place + 1 in G; 0 until the pair first co-fires, when it
     is computed: once per step, not once per input)."""
     t = 0.0
     i = h
@@ -303,8 +331,6 @@ def _gram_cross(flat, vals, h, base, nxt, keep, W, rank, b0, pos, G, pi, pj, cnt
                 for x in range(W.shape[1]):
                     d += W[ci, x] * W[cj, x]
                 G[u] = d
-                pi[u] = ci
-                pj[u] = cj
             t += 2.0 * vi * vals[j] * keep[cj] * G[pos[k] - 1]
             j = nxt[j]
         i = nxt[i]
@@ -330,8 +356,6 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
     rank, b0, S = _siblings(par, n_p, K)
     pos = np.zeros(S, np.int64)
     G = np.empty(S, np.float64)
-    pi = np.empty(S, np.int64)
-    pj = np.empty(S, np.int64)
     cnt = np.zeros(1, np.int64)
     px, keep = _tables(par, n_p, vc.dtype)
     head = np.full(n_p + 1, -1, np.int64)  # n_p: the spare parent of every orphan, never a group
@@ -376,7 +400,7 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
         for i in range(ng):  # groups of two or more
             p = grp[i]
             if b0[p] >= 0:
-                t3 += _gram_cross(fc, vc, head[p], base, nxt, keep, W, rank, b0[p], pos, G, pi, pj, cnt)
+                t3 += _gram_cross(fc, vc, head[p], base, nxt, keep, W, rank, b0[p], pos, G, cnt)
             else:  # ||V||^2 in place of its entries' a^2
                 sq = _group(fc, vc, head[p], base, nxt, keep, W, V)
                 t3 += _sq(V) - sq
@@ -385,20 +409,20 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
         e0 = e1
         q0 = q1
     u = cnt[0]
-    return t1, t2, t3, rank, b0, pos, G[:u], pi[:u], pj[:u]
+    return t1, t2, t3, rank, b0, pos, G[:u]
 
 
 @_njit
 def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W, g2a, gv_c, gv_p, gW_p, gW,
-                        rank, b0, pos, G, pi, pj):
+                        rank, b0, pos, G):
     """Add g2a[0] / 2 times the gradient of t1 - 2 t2 + t3 (see `constraint_forward`, whose s and ap
     it takes) into gv_c and gv_p, the activations' gradients at the levels' support entries (one per
     entry of fc / fp: written in order, where the [B, n] gradients would be a cache miss per
     entry; `jumprelu_backward` adds them in), gW_p [n_p, d] and gW [n_c, d], in place. g2a: a
     1-element array (a tensor's view: no host read of the loss's gradient). An input's parent
-    gradients are summed in a small table and added to gv_p once per parent entry. rank, b0, pos, G,
-    pi, pj: `constraint_forward`'s sibling Gram; each of its pairs updates its two decoder rows'
-    gradients once, with the batch's sum of its v v'."""
+    gradients are summed in a small table and added to gv_p once per parent entry. rank, b0, pos, G:
+    `constraint_forward`'s sibling Gram; each of its pairs adds into its two decoder rows'
+    gradients once, with the batch's sum of its v v' (`_families_backward`)."""
     g2 = g2a[0]
     M = np.zeros(G.size, np.float64)
     px, keep = _tables(par, n_p, vc.dtype)
@@ -446,16 +470,7 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
             tbl[px[fc[e] - base]] = 0.0
         e0 = e1
         q0 = q1
-    for u in range(G.size):  # d/dw_c of v v' (w_c . w_c'): v v' w_c', once per pair the batch saw
-        m = g2 * M[u]
-        if m != 0.0:
-            c1 = pi[u]
-            c2 = pj[u]
-            for x in range(W.shape[1]):
-                w1 = W[c1, x]
-                gW[c1, x] += m * W[c2, x]
-                gW[c2, x] += m * w1
-    _cosines_backward(ds, par, W_p, W, gW_p, gW)
+    _families_backward(ds, M, g2, par, b0, pos, W_p, W, gW_p, gW)
 
 
 @_njit
