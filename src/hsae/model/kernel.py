@@ -86,6 +86,13 @@ def _emit(x, w, a, flat, vals, m):
 
 
 @_njit
+def _byte(x):
+    """Which byte of an int64 word with one set byte (value 1) is set: compares, no branch."""
+    return ((x > 0xFF) + (x > 0xFFFF) + (x > 0xFFFFFF) + (x > 0xFFFFFFFF) + (x > 0xFFFFFFFFFF)
+            + (x > 0xFFFFFFFFFFFF) + (x > 0xFFFFFFFFFFFFFF))
+
+
+@_njit
 def support_entries(words, a):
     """(ascending flat indices of the set bytes of a bool mask viewed as int64 words, a at them).
 
@@ -147,7 +154,15 @@ def jumprelu_l0(h, t, lo, hi, a, active, near, want):
             wz[k] = w
             k += (wa[w] | wn[w]) != 0
         for i in range(k):
-            m = _emit(wa[wz[i]] | wn[wz[i]], wz[i], af, flat, vals, m)
+            w = wz[i]
+            x = wa[w] | wn[w]
+            if x & (x - 1) == 0:  # one set byte, most words of a sparse row: one slot, not eight
+                j = 8 * w + _byte(x)
+                flat[m] = j
+                vals[m] = af[j]
+                m += 1
+            else:
+                m = _emit(x, w, af, flat, vals, m)
     return cnt, flat[:m], vals[:m]
 
 
