@@ -258,7 +258,7 @@ def _families_backward(ds, M, g2, par, b0, pos, W_p, W, gW_p, gW):
     """Add into gW_p and gW the gradient of sum_c ds[c] s[c] (`_cosines`) and of the sibling Gram's
     pairs, g2 M[u] (w_c . w_c') for pair u (`_gram_backward`'s sums), family by family: a parent's
     rows and its children's stay in L1 while each child's gradient row is updated once (child by
-    child and pair by pair, the rows were missed ~4x as often: bench/RESULTS.md)."""
+    child and pair by pair, more rows came from L3: bench/RESULTS.md)."""
     n_p = W_p.shape[0]
     start = np.zeros(n_p + 1, np.int64)  # children by parent, ascending: their rank is their place
     for c in range(par.size):
@@ -350,7 +350,6 @@ def _gram_cross(flat, vals, h, base, nxt, keep, W, rank, b0, pos, G, cnt):
             j = nxt[j]
         i = nxt[i]
     return t
-
 
 
 @_njit
