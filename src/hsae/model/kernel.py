@@ -177,9 +177,9 @@ def jumprelu_backward(ga, gv, flat, active, near, t, c0a, eps, gh, gt):
     c0 = c0a[0]
     acc = np.zeros(n, np.float64)  # 1024 rows summed in fp32 would drift; torch's sum keeps more too
     # The row's entries are spread into a dense scratch row first, with scalar stores, and read
-    # back by the vectorised pass: added into gh and acc after that pass instead, each entry's
-    # narrow load waited for the pass's wide stores to retire (no store forwarding): the entries
-    # took twice as long (bench/RESULTS.md).
+    # back by the vectorised pass. Added into gh and acc after that pass instead, each a scalar
+    # read-modify-write right after its vector stores, they took twice as long (bench/RESULTS.md;
+    # a store-forwarding stall, likely).
     row = np.zeros(n, ga.dtype)
     e = 0
     for b in range(B):
