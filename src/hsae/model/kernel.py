@@ -254,25 +254,12 @@ def _cosines(W_p, W, par, s):
 
 
 @_njit
-def _families_backward(ds, M, g2, par, b0, pos, W_p, W, gW_p, gW):
+def _families_backward(ds, M, g2, start, kids, rank, b0, pos, W_p, W, gW_p, gW):
     """Add into gW_p and gW the gradient of sum_c ds[c] s[c] (`_cosines`) and of the sibling Gram's
-    pairs, g2 M[u] (w_c . w_c') for pair u (`_gram_backward`'s sums), family by family: a parent's
-    rows and its children's stay in L1 while each child's gradient row is updated once (child by
-    child and pair by pair, more rows came from L3: bench/RESULTS.md)."""
-    n_p = W_p.shape[0]
-    start = np.zeros(n_p + 1, np.int64)  # children by parent, ascending: their rank is their place
-    for c in range(par.size):
-        if par[c] >= 0:
-            start[par[c] + 1] += 1
-    for p in range(n_p):
-        start[p + 1] += start[p]
-    kids = np.empty(start[n_p], np.int64)
-    fill = start[:n_p].copy()
-    for c in range(par.size):
-        if par[c] >= 0:
-            kids[fill[par[c]]] = c
-            fill[par[c]] += 1
-    for p in range(n_p):
+    pairs, g2 M[u] (w_c . w_c') for pair u (`_gram_backward`'s sums), family by family (`_siblings`'
+    start, kids): a parent's rows and its children's stay in L1 while each child's gradient row is
+    updated once (child by child and pair by pair, more rows came from L3: bench/RESULTS.md)."""
+    for p in range(start.size - 1):
         for i in range(start[p], start[p + 1]):
             c = kids[i]
             v = ds[c]
@@ -283,12 +270,10 @@ def _families_backward(ds, M, g2, par, b0, pos, W_p, W, gW_p, gW):
             if b0[p] < 0:  # a hub family: its groups updated their rows themselves
                 continue
             for i2 in range(start[p], start[p + 1]):  # d/dw_c of v v' (w_c . w_c'): v v' w_c'
-                lo = min(i, i2) - start[p]
-                hi = max(i, i2) - start[p]
-                u = pos[b0[p] + hi * (hi - 1) // 2 + lo] - 1 if i2 != i else -1
+                c2 = kids[i2]
+                u = pos[_slot(c, c2, rank, b0[p])] - 1 if i2 != i else -1
                 m = g2 * M[u] if u >= 0 else 0.0
                 if m != 0.0:
-                    c2 = kids[i2]
                     for x in range(W.shape[1]):
                         gW[c, x] += m * W[c2, x]
 
@@ -300,20 +285,31 @@ GRAM_FAMILY = 16
 
 @_njit
 def _siblings(par, n_p, K):
-    """(each child's rank among its parent's children, each parent's first Gram slot, -1 for a
-    family of more than K children, and the number of slots: one per pair of siblings)."""
-    k = np.zeros(n_p, np.int64)
-    rank = np.zeros(par.size, np.int64)
+    """(the families: start [n_p + 1] and kids, each parent's children ascending from start[p];
+    each child's rank, its place in its family; each parent's first Gram slot, -1 for a family of
+    more than K children; the number of slots: one per pair of siblings)."""
+    start = np.zeros(n_p + 1, np.int64)
     for c in range(par.size):
         if par[c] >= 0:
-            rank[c] = k[par[c]]
-            k[par[c]] += 1
+            start[par[c] + 1] += 1
+    for p in range(n_p):
+        start[p + 1] += start[p]
+    kids = np.empty(start[n_p], np.int64)
+    rank = np.zeros(par.size, np.int64)
+    fill = start[:n_p].copy()
+    for c in range(par.size):
+        p = par[c]
+        if p >= 0:
+            kids[fill[p]] = c
+            rank[c] = fill[p] - start[p]
+            fill[p] += 1
     b0 = np.empty(n_p, np.int64)
     S = 0
     for p in range(n_p):
-        b0[p] = S if k[p] <= K else -1
-        S += k[p] * (k[p] - 1) // 2 if k[p] <= K else 0
-    return rank, b0, S
+        k = start[p + 1] - start[p]
+        b0[p] = S if k <= K else -1
+        S += k * (k - 1) // 2 if k <= K else 0
+    return start, kids, rank, b0, S
 
 
 @_njit
@@ -364,10 +360,11 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
     levels' decoder rows; s [n_c] receives each child's cosine to its parent. An input's parent activations are
     spread into a small table first: a lookup there is a cache hit, a lookup in the [B, n_p]
     activations a miss, and the misses are the cost. K: `GRAM_FAMILY`. Also returns the sibling
-    Gram the step filled with its slot tables (`_siblings`, `_gram_cross`), for the backward.
+    Gram the step filled with the families and slot tables (`_siblings`, `_gram_cross`), for the
+    backward.
     """
     _cosines(W_p, W, par, s)
-    rank, b0, S = _siblings(par, n_p, K)
+    start, kids, rank, b0, S = _siblings(par, n_p, K)
     pos = np.zeros(S, np.int64)
     G = np.empty(S, np.float64)
     cnt = np.zeros(1, np.int64)
@@ -423,19 +420,19 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
         e0 = e1
         q0 = q1
     u = cnt[0]
-    return t1, t2, t3, rank, b0, pos, G[:u]
+    return t1, t2, t3, start, kids, rank, b0, pos, G[:u]
 
 
 @_njit
 def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W, g2a, gv_c, gv_p, gW_p, gW,
-                        rank, b0, pos, G):
+                        start, kids, rank, b0, pos, G):
     """Add g2a[0] / 2 times the gradient of t1 - 2 t2 + t3 (see `constraint_forward`, whose s and ap
     it takes) into gv_c and gv_p, the activations' gradients at the levels' support entries (one per
     entry of fc / fp: written in order, where the [B, n] gradients would be a cache miss per
     entry; `jumprelu_backward` adds them in), gW_p [n_p, d] and gW [n_c, d], in place. g2a: a
     1-element array (a tensor's view: no host read of the loss's gradient). An input's parent
-    gradients are summed in a small table and added to gv_p once per parent entry. rank, b0, pos, G:
-    `constraint_forward`'s sibling Gram; each of its pairs adds into its two decoder rows'
+    gradients are summed in a small table and added to gv_p once per parent entry. start, kids,
+    rank, b0, pos, G: `constraint_forward`'s families and sibling Gram; each of the Gram's pairs adds into its two decoder rows'
     gradients once, with the batch's sum of its v v' (`_families_backward`)."""
     g2 = g2a[0]
     M = np.zeros(G.size, np.float64)
@@ -484,7 +481,7 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
             tbl[px[fc[e] - base]] = 0.0
         e0 = e1
         q0 = q1
-    _families_backward(ds, M, g2, par, b0, pos, W_p, W, gW_p, gW)
+    _families_backward(ds, M, g2, start, kids, rank, b0, pos, W_p, W, gW_p, gW)
 
 
 @_njit
