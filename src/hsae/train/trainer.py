@@ -94,7 +94,8 @@ class Trainer:
                                   pin=dev.type == "cuda", end=cfg.steps)
         # Built on the CPU from the seed, then moved: the same initial weights on every device.
         self.model = HSAE(self.stream.d, cfg.levels, cfg.threshold_init, seed=cfg.seed).to(dev)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.0, 0.995), fused=dev.type == "cuda")
+        # fused: one pass over a parameter and its moments instead of ~8 (CPU too: ~6% of the demo's step)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.0, 0.995), fused=True)
         self.ctrl = L0Controller(cfg.l0_targets, cfg.lambda_init, cfg.lambda_gain, cfg.l0_ema, cfg.l0_rate, cfg.steps)
         # Firing counts over the current window of dead_period steps, and the dead mask from
         # the last complete window (features that fired far less than their level's average).
