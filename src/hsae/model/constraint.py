@@ -175,10 +175,9 @@ class ConstraintPlan:
 class KernelPlan:
     """One level pair's constraint for one batch, for model/kernel.py's loops (a CPU, numba)."""
 
-    parent: torch.Tensor  # [n_c] int64, -1 = none
-    child: tuple  # (flat indices, activations) of the child level's support entries (`support_entries`)
+    parent: np.ndarray  # [n_c] int64, -1 = none
+    child: tuple  # (flat indices, activations) of the child level's support entries, as numpy views
     par_entries: tuple  # and of the parent level's
-    has_child: torch.Tensor  # [n_p] 1.0 where the parent has a child
 
 
 def constraint_plan(entries_c, n_c: int, parent, n_p: int, dtype, entries_p=None) -> ConstraintPlan | KernelPlan:
@@ -186,13 +185,14 @@ def constraint_plan(entries_c, n_c: int, parent, n_p: int, dtype, entries_p=None
     of its [B, n_c] mask of where a is active or its threshold gradient is nonzero, a superset of
     a != 0), parent [n_c] int64 (-1 = none). Features outside the forest are masked, not
     filtered: a filter would be one more data-dependent shape (a host read on a GPU) per level pair.
-    entries_p: the parent level's support entries where model/kernel.py's loops are to run (the
-    activations' gradients are then exact on the supports only: the JumpReLU discards the rest)."""
+    entries_p: the parent level's support entries where model/kernel.py's loops are to run, both levels'
+    as numpy views (`kernel.view`) then (the activations' gradients are exact on the supports only:
+    the JumpReLU discards the rest)."""
+    if entries_p is not None:
+        return KernelPlan(kernel.view(parent.contiguous()), entries_c, entries_p)
     has_parent = parent >= 0
     par = parent.clamp_min(0)
     has_child = torch.zeros(n_p, dtype=dtype, device=parent.device).index_add_(0, par, has_parent.to(dtype)).clamp_max_(1)
-    if entries_p is not None:
-        return KernelPlan(parent.contiguous(), entries_c, entries_p, has_child)
     entries_c = entries_c[0]
     rows, cols = _divmod(entries_c, n_c)
     keep = has_parent.take(cols)
@@ -207,11 +207,10 @@ def constraint_plan(entries_c, n_c: int, parent, n_p: int, dtype, entries_p=None
 def constraint_sum(c: ConstraintPlan | KernelPlan, a_p, a_c, W_p, W_c):
     """(t1 - 2 t2 + t3 of the module docstring summed over the batch, what its backward needs)."""
     if isinstance(c, KernelPlan):
-        s, ap, v = W_c.new_empty(W_c.shape[0]), torch.empty_like(c.child[1]), kernel.view
-        (fc, vc), (fp, vp) = c.child, c.par_entries
-        t1, t2, t3, *gram = kernel.constraint_forward(v(fc), v(vc), a_c.shape[1], v(fp), v(vp), a_p.shape[1],
-                                                      v(c.parent), v(c.has_child), v(W_p), v(W_c), v(s), v(ap),
-                                                      kernel.GRAM_FAMILY)
+        (fc, vc), (fp, vp), Wp, Wc = c.child, c.par_entries, kernel.view(W_p), kernel.view(W_c)
+        s, ap = np.empty(Wc.shape[0], Wc.dtype), np.empty_like(vc)
+        t1, t2, t3, *gram = kernel.constraint_forward(fc, vc, a_c.shape[1], fp, vp, a_p.shape[1], c.parent, Wp, Wc,
+                                                      s, ap, kernel.GRAM_FAMILY)
         return a_p.new_tensor(t1 - 2 * t2 + t3), (s, ap, gram)
     # flat gathers as `take`: ~5x a 1-D index_select on a CPU
     vals = a_c.take(c.flat) * c.keep  # an orphan's value counts for nothing
@@ -232,9 +231,8 @@ def constraint_backward(c: ConstraintPlan | KernelPlan, saved, g, a_p, W_p, W_c,
     if isinstance(c, KernelPlan):
         (s, ap, gram), v = saved, kernel.view
         (fc, vc), (fp, vp) = c.child, c.par_entries
-        kernel.constraint_backward(v(fc), v(vc), v(ap), W_c.shape[0], v(fp), v(vp), W_p.shape[0], v(c.parent),
-                                   v(c.has_child), v(s), v(W_p), v(W_c), v((2 * g).reshape(1)), v(ga_c),
-                                   v(ga_p), v(gW_p), v(gW_c), *gram)
+        kernel.constraint_backward(fc, vc, ap, W_c.shape[0], fp, vp, W_p.shape[0], c.parent, s, v(W_p),
+                                   v(W_c), v((2 * g).reshape(1)), v(ga_c), v(ga_p), v(gW_p), v(gW_c), *gram)
         return
     vals, ap, se, kept = saved
     gv = (2 * g) * (vals - ap * se)

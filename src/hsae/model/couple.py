@@ -116,12 +116,14 @@ def coupled_decodes(acts, W, b, parents, entries, swap, rho: float, out_dtype: t
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else W[0].dtype
     n = [w.shape[0] for w in W]
     fast = compiled(W[0]) and all(e is not None and e[1] is not None for e in entries)
-    sup = entries if fast else [None] * L
+    # the loops take each level's entries as numpy views, taken once here
+    sup = [(kernel.view(e[0]), kernel.view(e[1])) for e in entries] if fast else [None] * L
     swaps = [swap_plan(parents[l + 1], swap[l], n[l], sup[l], sup[l + 1]) if l < L - 1 and swap[l] is not None
              else None for l in range(L)]
     cons: list[ConstraintPlan] = []
     if rho > 0:
-        cons = [constraint_plan(entries[l + 1], n[l + 1], parents[l + 1], n[l], W[l].dtype, sup[l])
+        cons = [constraint_plan(sup[l + 1] if fast else entries[l + 1], n[l + 1], parents[l + 1], n[l], W[l].dtype,
+                                sup[l])
                 for l in range(L - 1)]
     out = _Coupled.apply(_Spec(L, swaps, cons, dtype, out_dtype), *acts, *W, *b,
                          *[e[1] if fast else None for e in entries])

@@ -349,14 +349,14 @@ def _gram_cross(flat, vals, h, base, nxt, keep, W, rank, b0, pos, G, cnt):
 
 
 @_njit
-def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, K):
-    """(t1, t2, t3) of model/constraint.py's docstring summed over the batch: sum of has_child a_p^2,
+def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, W_p, W, s, ap, K):
+    """(t1, t2, t3) of model/constraint.py's docstring summed over the batch: sum of a_p^2 over parents with a child,
     sum over child entries of a_p a_c s_c, and sum over (input, parent) groups of
     ||sum_e a_e w_e||^2 (a lone child's counted as a^2: unit-norm rows). ap[e] receives each child
     entry's parent activation, for the backward.
 
     fc, vc / fp, vp: the child / parent level's support entries and activations there
-    (`support_entries`); par [n_c] int64 (-1: none); has_child [n_p]; W_p [n_p, d], W [n_c, d]: the
+    (`support_entries`); par [n_c] int64 (-1: none); W_p [n_p, d], W [n_c, d]: the
     levels' decoder rows; s [n_c] receives each child's cosine to its parent. An input's parent activations are
     spread into a small table first: a lookup there is a cache hit, a lookup in the [B, n_p]
     activations a miss, and the misses are the cost. K: `GRAM_FAMILY`. Also returns the sibling
@@ -381,7 +381,9 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
     for q in range(fp.size):
         while fp[q] >= (r + 1) * n_p:  # rows ascend: no division per entry (an int64 one is ~10x an add)
             r += 1
-        t1 += has_child[fp[q] - r * n_p] * vp[q] * vp[q]
+        col = fp[q] - r * n_p
+        if start[col + 1] > start[col]:  # the parent has a child
+            t1 += vp[q] * vp[q]
     e0 = 0
     q0 = 0
     while e0 < fc.size:
@@ -424,7 +426,7 @@ def constraint_forward(fc, vc, n_c, fp, vp, n_p, par, has_child, W_p, W, s, ap, 
 
 
 @_njit
-def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W, g2a, gv_c, gv_p, gW_p, gW,
+def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, s, W_p, W, g2a, gv_c, gv_p, gW_p, gW,
                         start, kids, rank, b0, pos, G):
     """Add g2a[0] / 2 times the gradient of t1 - 2 t2 + t3 (see `constraint_forward`, whose s and ap
     it takes) into gv_c and gv_p, the activations' gradients at the levels' support entries (one per
@@ -474,9 +476,9 @@ def constraint_backward(fc, vc, ap, n_c, fp, vp, n_p, par, has_child, s, W_p, W,
                 _gram_backward(fc, vc, head[p], base, nxt, keep, rank, b0[p], pos, G, M, g2, gv_c)
             else:
                 _group_backward(fc, vc, head[p], base, nxt, keep, W, V, g2, gv_c, gW)
-        for q in range(q0, q1):  # t1's gradient, 2 has_child a_p, and the table's sums
+        for q in range(q0, q1):  # t1's gradient (2 a_p where the parent has a child) and the table's sums
             col = fp[q] - r * n_p
-            gv_p[q] += tbl[col] + g2 * has_child[col] * vp[q]
+            gv_p[q] += tbl[col] + (g2 * vp[q] if start[col + 1] > start[col] else 0.0)
         for e in range(e0, e1):
             tbl[px[fc[e] - base]] = 0.0
         e0 = e1
@@ -520,6 +522,20 @@ def _group_backward(flat, vals, h, base, nxt, keep, W, V, g2, gv, gW):
             for j in range(V.size):
                 gW[ck, j] += g2 * vk * V[j]
         k = nxt[k]
+
+
+@_njit
+def swap_columns(par, swap):
+    """(bool [n_c]: the children of a swapped parent, bool [n_p]: the swapped parents with a child)
+    from the child level's parents par [n_c] (-1: none) and the swap mask [n_p]."""
+    child = np.zeros(par.size, np.bool_)
+    parent = np.zeros(swap.size, np.bool_)
+    for c in range(par.size):
+        p = par[c]
+        if p >= 0 and swap[p]:
+            child[c] = True
+            parent[p] = True
+    return child, parent
 
 
 @_njit

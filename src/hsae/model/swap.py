@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import kernel
@@ -37,9 +38,9 @@ class EntrySwap:
     """One level pair's swap for one step as model/kernel.py's loops run it (a CPU, numba): over the
     support entries of the swapped columns, so no [B, n] pass and no product over zeros."""
 
-    child: torch.Tensor  # [n_c] bool: the children of a swapped parent
-    parent: torch.Tensor  # [n_p] bool: the swapped parents that have children
-    sup_c: tuple  # (flat indices, activations) of the child level's support entries (`support_entries`)
+    child: np.ndarray  # [n_c] bool: the children of a swapped parent
+    parent: np.ndarray  # [n_p] bool: the swapped parents that have children
+    sup_c: tuple  # (flat indices, activations) of the child level's support entries, as numpy views
     sup_p: tuple  # and of the parent level's
 
 
@@ -48,14 +49,13 @@ def swap_plan(parent, swap, n_p: int, sup_p=None, sup_c=None) -> SwapPlan | Entr
 
     parent [n_c]: level l+1's parent array (-1 = none); swap [n_p] bool: the parents swapped this step.
     sup_p, sup_c: both levels' support entries with their activations where model/kernel.py's loops
-    are to run (the activations' gradients are then exact on the supports only: the JumpReLU
-    discards the rest).
+    are to run, as numpy views (`kernel.view`; the activations' gradients are then exact on the
+    supports only: the JumpReLU discards the rest).
     """
+    if sup_c is not None:
+        return EntrySwap(*kernel.swap_columns(kernel.view(parent.contiguous()), kernel.view(swap.contiguous())), sup_c, sup_p)
     par = parent.clamp_min(0)
     hit = (parent >= 0) & swap[par]  # children of a swapped parent
-    if sup_c is not None:
-        has = torch.zeros(n_p, dtype=torch.int32, device=parent.device).index_add_(0, par, hit.to(torch.int32))
-        return EntrySwap(hit, has > 0, sup_c, sup_p)
     C = hit.nonzero().squeeze(1)
     if C.numel() == 0:
         return None
@@ -66,10 +66,9 @@ def swap_plan(parent, swap, n_p: int, sup_p=None, sup_c=None) -> SwapPlan | Entr
 def swap_add_(s: SwapPlan | EntrySwap, y, a_p, a_c, W_p, W_c):
     """y += a_c[:, C] W_c[C] - a_p[:, S] W_p[S] in place; returns what the backward needs."""
     if isinstance(s, EntrySwap):
-        v = kernel.view
-        (fc, vc), (fp, vp) = s.sup_c, s.sup_p
-        hit_c = kernel.swap_forward(v(fc), v(vc), a_c.shape[1], v(s.child), v(W_c), v(y), 1.0)
-        hit_p = kernel.swap_forward(v(fp), v(vp), a_p.shape[1], v(s.parent), v(W_p), v(y), -1.0)
+        (fc, vc), (fp, vp), y = s.sup_c, s.sup_p, kernel.view(y)
+        hit_c = kernel.swap_forward(fc, vc, a_c.shape[1], s.child, kernel.view(W_c), y, 1.0)
+        hit_p = kernel.swap_forward(fp, vp, a_p.shape[1], s.parent, kernel.view(W_p), y, -1.0)
         return a_p.shape[1], a_c.shape[1], W_p, W_c, hit_p, hit_c
     Ac, Ap = a_c.index_select(1, s.C), a_p.index_select(1, s.S)
     Wc, Wp = W_c.index_select(0, s.C), W_p.index_select(0, s.S)
@@ -81,7 +80,7 @@ def swap_cancel_(s: SwapPlan | EntrySwap, saved, ga_p) -> None:
     """Zero the swapped parents' gradient from their level's own decode, which the swap cancels
     exactly; call it on the dense gradient before anything else is added into it."""
     if isinstance(s, EntrySwap):
-        kernel.swap_cancel(saved[4], kernel.view(s.sup_p[0]), kernel.view(ga_p.view(-1)))
+        kernel.swap_cancel(saved[4], s.sup_p[0], kernel.view(ga_p.view(-1)))
         return
     ga_p.index_fill_(1, s.S, 0)
 
@@ -94,8 +93,8 @@ def swap_backward(s: SwapPlan | EntrySwap, saved, g, ga_c, gW_p, gW_c) -> None:
         n_p, n_c, W_p, W_c, hit_p, hit_c = saved
         v = kernel.view
         (fc, vc), (fp, vp), g = s.sup_c, s.sup_p, v(g.contiguous())
-        kernel.swap_backward(hit_c, v(fc), v(vc), n_c, v(W_c), g, v(ga_c), v(gW_c), 1.0, True)
-        kernel.swap_backward(hit_p, v(fp), v(vp), n_p, v(W_p), g, v(ga_c), v(gW_p), -1.0, False)
+        kernel.swap_backward(hit_c, fc, vc, n_c, v(W_c), g, v(ga_c), v(gW_c), 1.0, True)
+        kernel.swap_backward(hit_p, fp, vp, n_p, v(W_p), g, v(ga_c), v(gW_p), -1.0, False)
         return
     Ac, Ap, Wc = saved
     ga_c.index_add_(1, s.C, (g @ Wc.t()).to(ga_c.dtype))
