@@ -53,7 +53,8 @@ def swap_plan(parent, swap, n_p: int, sup_p=None, sup_c=None) -> SwapPlan | Entr
     supports only: the JumpReLU discards the rest).
     """
     if sup_c is not None:
-        return EntrySwap(*kernel.swap_columns(kernel.view(parent.contiguous()), kernel.view(swap.contiguous())), sup_c, sup_p)
+        child, par_on = kernel.swap_columns(kernel.view(parent.contiguous()), kernel.view(swap.contiguous()))
+        return EntrySwap(child, par_on, sup_c, sup_p)
     par = parent.clamp_min(0)
     hit = (parent >= 0) & swap[par]  # children of a swapped parent
     C = hit.nonzero().squeeze(1)
